@@ -1,0 +1,1 @@
+"""Engine builders, one module per backend; the target registry is in targets.py."""

@@ -1,0 +1,88 @@
+"""ONNX Runtime targets: onnx (as exported), ort-cpu (fused fp32), ort-cpu-int8 (dynamic int8)."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bge_export.export.onnx import compare_graph, ort_runner
+from runtimes._optional import require
+
+MODEL = "model.onnx"
+DATA = "model.onnx.data"
+# Fusions onnxscript reports that matter on ONNX Runtime CPU (the rest are intermediate rewrite steps).
+REPORTED_FUSIONS = ("attention", "skip_layer_normalization", "bias_gelu", "erf_gelu", "gelu")
+
+
+@dataclass
+class BuildResult:
+    files: list[str]
+    info: dict = field(default_factory=dict)
+
+
+def _save(model_ir, out_dir: Path, external: bool) -> list[str]:
+    ir = require("onnx_ir")
+    path = out_dir / MODEL
+    if external:
+        ir.save(model_ir, str(path), external_data=DATA)
+        return [MODEL, DATA]
+    ir.save(model_ir, str(path))
+    return [MODEL]
+
+
+def build_onnx(family, exported, out_dir: Path, log=print) -> BuildResult:
+    for name in exported.files:
+        shutil.copyfile(exported.path.parent / name, out_dir / name)
+    return BuildResult(files=list(exported.files), info={"graph": "as exported (dynamo, opset 18)"})
+
+
+def fuse(exported, out_dir: Path, family, log=print) -> BuildResult:
+    """onnxscript's ORT fusions; the fused graph is checked against the exported one."""
+    ir = require("onnx_ir")
+    fusions = require("onnxscript.rewriter.ort_fusions")
+    start = time.perf_counter()
+    model = ir.load(str(exported.path))
+    model, counts = fusions.optimize_for_ort(model)
+    files = _save(model, out_dir, exported.external_data)
+    fired = {k: int(v) for k, v in counts.items() if v and k in REPORTED_FUSIONS}
+    log(f"fused for ONNX Runtime in {time.perf_counter() - start:.1f}s: "
+        + (", ".join(f"{k} x{v}" for k, v in fired.items()) or "no fusion fired"))
+    check = compare_graph(ort_runner(exported.path, family), out_dir / MODEL, family, tolerance=1e-4,
+                          what="the fused ORT graph")
+    return BuildResult(files=files, info={"fusions": fired, "all_fusion_counts": {k: int(v) for k, v in counts.items()},
+                                          "check_vs_exported": check})
+
+
+def build_ort_cpu(family, exported, out_dir: Path, log=print) -> BuildResult:
+    return fuse(exported, out_dir, family, log)
+
+
+INT8_SETTINGS = {
+    "method": "onnxruntime.quantization.quantize_dynamic",
+    "per_channel": True,
+    "reduce_range": False,  # VNNI machines: reduce_range loses accuracy for nothing
+    "weight_type": "QInt8",
+    "op_types_to_quantize": ["MatMul", "Attention"],  # embeddings and LayerNorm stay fp32
+}
+
+
+def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResult:
+    onnx = require("onnx")
+    quant = require("onnxruntime.quantization")
+    fused_dir = out_dir / "_fused"
+    fused_dir.mkdir()
+    fused = fuse(exported, fused_dir, family, log)
+    start = time.perf_counter()
+    quant.quantize_dynamic(
+        str(fused_dir / MODEL), str(out_dir / MODEL),
+        per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
+        weight_type=quant.QuantType.QInt8, op_types_to_quantize=INT8_SETTINGS["op_types_to_quantize"],
+        use_external_data_format=exported.external_data,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    shutil.rmtree(fused_dir)
+    files = sorted(p.name for p in out_dir.iterdir() if p.name.startswith(MODEL))
+    size = sum((out_dir / f).stat().st_size for f in files) / 1e6
+    log(f"quantized to int8 in {time.perf_counter() - start:.1f}s ({size:.1f} MB); accuracy is checked by parity")
+    return BuildResult(files=files, info={**fused.info, "quantization": INT8_SETTINGS})

@@ -1,0 +1,226 @@
+"""The main job: checkpoint -> family -> ONNX -> engine -> bundle (atomically) -> parity."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bge_export import __version__
+from bge_export.build.targets import Target, get_target
+from bge_export.checkpoint import Checkpoint, resolve_checkpoint
+from bge_export.errors import OutputError, ParityError
+from bge_export.families import recognise
+from bge_export.families.base import Family
+from runtimes._optional import require
+from runtimes.manifest import Manifest, describe_files
+
+GOLDEN = "reference_sample.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+class Progress:
+    """Step-numbered progress lines on stderr-like ``write`` with elapsed times."""
+
+    def __init__(self, total: int, write=print, quiet: bool = False):
+        self.total, self.n, self.write, self.quiet = total, 0, write, quiet
+        self.t0 = time.perf_counter()
+
+    def step(self, msg: str) -> None:
+        self.n += 1
+        if not self.quiet:
+            self.write(f"[{self.n}/{self.total}] {msg}")
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            self.write(f"      {msg}")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def tool_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers", "FlagEmbedding"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_out_dir(ckpt: Checkpoint, target: str) -> Path:
+    return Path("bundles") / f"{ckpt.name}-{target}"
+
+
+def check_out_dir(out: Path, overwrite: bool) -> Path:
+    """The bundle's final path; refuses to clobber anything that is not an old bundle, and unwritable places."""
+    out = Path(out).expanduser()
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"--out {out} is an existing file; pass a folder path for the bundle")
+        if any(out.iterdir()):
+            if not (out / "manifest.json").is_file():
+                raise OutputError(f"--out {out} is a non-empty folder that is not a bundle; pass a new or empty folder")
+            if not overwrite:
+                raise OutputError(f"--out {out} already holds a bundle; pass --overwrite to replace it, or another --out")
+    parent = out.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {out}: cannot write in {probe} (permission denied); pass an --out you can write to")
+    return out
+
+
+@dataclass
+class CompileResult:
+    bundle: Path
+    manifest: Manifest
+    parity_ok: bool | None
+    parity_text: str
+
+
+def prepare(model, target: str, *, pooling: str | None = None) -> tuple[Family, Target]:
+    ckpt = resolve_checkpoint(model)
+    family_cls = recognise(ckpt)
+    target_obj = get_target(target, family_cls)
+    options = {} if pooling is None else {"pooling": pooling}
+    return family_cls(ckpt, **options), target_obj
+
+
+def compile_bundle(
+    model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
+    parity: bool = True, overwrite: bool = False, exported=None, log=print, quiet: bool = False,
+) -> CompileResult:
+    """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets)."""
+    prog = Progress(6 if parity else 5, write=log, quiet=quiet)
+    family, tgt = prepare(model, target, pooling=pooling)
+    ckpt = family.ckpt
+    out = check_out_dir(Path(out) if out else default_out_dir(ckpt, target), overwrite)
+    info = family.model_info()
+    prog.step(f"checkpoint {ckpt.path} -> family '{family.name}' "
+              f"({info['model_type']}, {info['num_hidden_layers']} layers, hidden {info['hidden_size']}), "
+              f"variant {family.variant}")
+    for dep in ("torch", "transformers", "onnx", "onnxscript"):
+        require(dep)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        if exported is None:
+            prog.step("exporting to ONNX (dynamo, dynamic batch and sequence axes)")
+            exported = _export(family, tmp / "_export", prog)
+        else:
+            prog.step(f"reusing the ONNX export {exported.path}")
+        prog.step(f"building target {tgt.name}: {tgt.description}")
+        built = tgt.build_fn()(family, exported, tmp, prog.info)
+        if (tmp / "_export").exists():
+            shutil.rmtree(tmp / "_export")
+        prog.step("writing the bundle (manifest, tokenizer, model)")
+        tok_files = _save_tokenizer(ckpt, tmp / TOKENIZER_DIR)
+        fields = _manifest_fields(family, tgt, exported, built, tok_files)
+        fields["files"] = describe_files(tmp, built.files + tok_files)
+        manifest = Manifest.build(fields)
+        manifest.write(tmp)
+        parity_ok, parity_text = None, "parity skipped (--no-parity)"
+        if parity:
+            prog.step(f"parity against FlagEmbedding {family.reference_api} (fp32, CPU)")
+            manifest, parity_ok, parity_text = _run_parity(family, tgt, tmp, manifest, prog.info)
+        _commit(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prog.step(f"bundle written to {out} in {prog.elapsed:.0f}s")
+    return CompileResult(out, manifest, parity_ok, parity_text)
+
+
+def _export(family, workdir: Path, prog: Progress):
+    from bge_export.export.onnx import export_onnx
+
+    return export_onnx(family, workdir, log=prog.info)
+
+
+def _save_tokenizer(ckpt: Checkpoint, folder: Path) -> list[str]:
+    transformers = require("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
+    if not tok.is_fast:
+        raise OutputError(f"{ckpt.path}: the tokenizer has no fast (tokenizers) version; the runtime needs tokenizer.json")
+    tok.save_pretrained(str(folder))
+    names = sorted(str(p.relative_to(folder.parent)) for p in folder.rglob("*") if p.is_file())
+    if f"{TOKENIZER_DIR}/tokenizer.json" not in names:
+        raise OutputError(f"{ckpt.path}: saving the tokenizer did not produce tokenizer.json")
+    return names
+
+
+def _manifest_fields(family: Family, tgt: Target, exported, built, tok_files) -> dict:
+    transformers = require("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(family.ckpt.path), use_fast=True)
+    info = family.model_info()
+    sizes = {"hidden": info["hidden_size"]}
+    return {
+        "bge_export_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "family": family.name,
+        "variant": family.variant,
+        "target": tgt.name,
+        "precision": tgt.precision,
+        "engine": {"kind": tgt.engine_kind, "file": "model.onnx", "providers": list(tgt.providers)},
+        "source": {"checkpoint": str(family.ckpt.path), "name": family.ckpt.name,
+                   "weights_sha256": family.ckpt.weights_sha256()},
+        "model": info,
+        "io": {"inputs": [s.to_json(sizes) for s in family.inputs()],
+               "outputs": [s.to_json(sizes) for s in family.outputs()]},
+        "profiles": {"batch": {"min": 1, "max": None}, "sequence": {"min": 1, "max": family.max_sequence_length()}},
+        "tokenizer": {"dir": TOKENIZER_DIR, "pad_token_id": int(tok.pad_token_id), "padding_side": tok.padding_side,
+                      "truncation_side": tok.truncation_side},
+        "runtime": {"api": family.reference_api, "defaults": family.runtime_defaults()},
+        "build": {"export": {"opset": 18, "exporter": "torch.onnx dynamo", "check_vs_torch": exported.check,
+                             "external_data": exported.external_data, "seconds": round(exported.seconds, 2)},
+                  **built.info},
+        "tools": tool_versions(),
+        "files": {},
+        "parity": None,
+    }
+
+
+def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log) -> tuple[Manifest, bool, str]:
+    from bge_export import parity
+
+    require("FlagEmbedding")
+    checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log)
+    ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
+    (tmp / GOLDEN).write_text(json.dumps({"texts": list(golden["texts"]), "reference": golden["reference"].tolist(),
+                                          "precision": tgt.precision}, ensure_ascii=False))
+    files = dict(manifest.data["files"])
+    files.update(describe_files(tmp, [GOLDEN]))
+    report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"])
+    manifest = manifest.with_updates(files=files, parity=report)
+    manifest.write(tmp)
+    return manifest, ok, text
+
+
+def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished bundle into place; an old bundle is replaced only after the new one is complete."""
+    if out.exists():
+        if not any(out.iterdir()):
+            out.rmdir()
+        elif overwrite:
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+    os.replace(tmp, out)
+
+
+def require_parity(result: CompileResult) -> None:
+    if result.parity_ok is False:
+        raise ParityError(f"parity failed; the bundle was written to {result.bundle} with the failing report in "
+                          "its manifest. Re-run `bge-export parity` after fixing, or pass --no-parity to skip the gate")

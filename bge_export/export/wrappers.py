@@ -1,0 +1,66 @@
+"""nn.Module wrappers that expose exactly the tensors a family's graph outputs. Imports torch."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class EncoderPooler(nn.Module):
+    """BERT / XLM-R encoder -> pooled vector (un-normalised), as FlagModel pools it.
+
+    With ``cls_only_last_layer`` the last transformer layer is evaluated for the CLS row only: keys and
+    values still come from every token, so the result equals the full model's ``last_hidden_state[:, 0]``.
+    """
+
+    def __init__(self, model: nn.Module, *, pooling: str, cls_only_last_layer: bool, **_ignored):
+        super().__init__()
+        self.pooling = pooling
+        self.cls_only = cls_only_last_layer
+        self.last = None
+        if self.cls_only:
+            layers = model.encoder.layer
+            self.last = layers[-1]
+            model.encoder.layer = nn.ModuleList(list(layers)[:-1])
+        self.model = model
+        self.uses_token_type_ids = model.config.model_type == "bert"
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, **variant) -> "EncoderPooler":
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+        return cls(model.eval(), **variant).eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.uses_token_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        h = self.model(**kwargs, return_dict=True).last_hidden_state
+        if self.cls_only:
+            return self._last_layer_cls(h, attention_mask)
+        if self.pooling == "cls":
+            return h[:, 0]
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(dim=1) / attention_mask.sum(dim=1, keepdim=True).to(h.dtype)
+
+    def _last_layer_cls(self, h, attention_mask):
+        layer = self.last
+        sa = layer.attention.self
+        b, length, hidden = h.shape
+        nh = sa.num_attention_heads
+        d = hidden // nh
+        cls_row = h[:, :1]
+        q = sa.query(cls_row).view(b, 1, nh, d).transpose(1, 2)
+        k = sa.key(h).view(b, length, nh, d).transpose(1, 2)
+        v = sa.value(h).view(b, length, nh, d).transpose(1, 2)
+        bias = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + bias
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, 1, hidden)
+        out = layer.attention.output
+        a = out.LayerNorm(out.dense(ctx) + cls_row)
+        ffn = layer.output
+        y = ffn.LayerNorm(ffn.dense(layer.intermediate(a)) + a)
+        return y[:, 0]

@@ -1,0 +1,102 @@
+"""Family specs: data that export, build, runtime and parity read, plus the few hooks that need code."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from bge_export.errors import UnsupportedFamilyError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bge_export.checkpoint import Checkpoint
+
+AXES = ("batch", "sequence", "hidden")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "int64" | "float32"
+    axes: tuple[str | int, ...]
+
+    def __post_init__(self):
+        for a in self.axes:
+            if isinstance(a, str) and a not in AXES:
+                raise ValueError(f"axis '{a}' of {self.name} is not in the axis vocabulary {AXES}")
+
+    def to_json(self, sizes: dict[str, int] | None = None) -> dict:
+        sizes = sizes or {}
+        return {"name": self.name, "dtype": self.dtype, "axes": [sizes.get(a, a) if a == "hidden" else a for a in self.axes]}
+
+
+FAMILIES: dict[str, type["Family"]] = {}
+
+
+class Family:
+    """One BGE family. Subclasses set the class-level data and implement the hooks."""
+
+    name: ClassVar[str]
+    reference_api: ClassVar[str]  # the FlagEmbedding class the runtime mirrors and parity compares with
+    description: ClassVar[str]
+    checkpoints: ClassVar[tuple[str, ...]]  # known hub ids of this family
+    targets: ClassVar[tuple[str, ...]]  # targets this family can be built for
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        for attr in ("name", "reference_api", "description", "checkpoints", "targets"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"family class {cls.__name__} must define '{attr}'")
+
+    # --- hooks ------------------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, ckpt: "Checkpoint") -> bool:
+        raise NotImplementedError
+
+    def __init__(self, ckpt: "Checkpoint", **variant_options: Any):
+        self.ckpt = ckpt
+        self.variant = self.make_variant(**variant_options)
+
+    def make_variant(self, **options: Any) -> dict:
+        if options:
+            raise UnsupportedFamilyError(f"family {self.name} takes no variant options, got {sorted(options)}")
+        return {}
+
+    # The following are implemented per family.
+    def model_info(self) -> dict: ...
+    def inputs(self) -> list[TensorSpec]: ...
+    def outputs(self) -> list[TensorSpec]: ...
+    def max_sequence_length(self) -> int: ...
+    def runtime_defaults(self) -> dict: ...
+    def torch_module(self): ...
+    def example_feeds(self, tokenizer, lengths: list[int]) -> dict: ...
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print) -> list: ...
+
+
+def register_family(cls: type[Family]) -> type[Family]:
+    if cls.name in FAMILIES:
+        raise ValueError(f"family '{cls.name}' is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def get_family(name: str) -> type[Family]:
+    if name not in FAMILIES:
+        raise UnsupportedFamilyError(f"unknown family '{name}'; supported families: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def supported_list() -> str:
+    return "; ".join(f"{f.name} ({f.description})" for f in FAMILIES.values())
+
+
+def recognise(ckpt: "Checkpoint") -> type[Family]:
+    hits = [f for f in FAMILIES.values() if f.matches(ckpt)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        arch = ckpt.config.get("architectures") or "?"
+        mtype = ckpt.config.get("model_type", "?")
+        raise UnsupportedFamilyError(
+            f"{ckpt.path} (model_type={mtype}, architectures={arch}) is not a BGE family bge-export supports; "
+            f"supported families: {supported_list()}"
+        )
+    raise UnsupportedFamilyError(f"{ckpt.path} matches several families ({[f.name for f in hits]}); this is ambiguous")

@@ -1,0 +1,111 @@
+"""Encoder family: BERT / XLM-R dense embedders (bge-{small,base,large}-{en,zh}[-v1.5], llm-embedder).
+
+Reference: FlagEmbedding ``FlagModel`` (CLS pooling by default, truncate_dim then L2 normalisation on the host).
+Graph: ``pooled (batch, hidden)``, the un-normalised pooled vector.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_export.errors import UnsupportedFamilyError
+from bge_export.families.base import Family, TensorSpec, register_family
+
+ARCHITECTURES = {
+    "bert": ("BertModel", "BertForMaskedLM", "BertForPreTraining"),
+    "xlm-roberta": ("XLMRobertaModel", "XLMRobertaForMaskedLM"),
+}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model")
+M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+POOLINGS = ("cls", "mean")
+
+
+@register_family
+class EncoderFamily(Family):
+    name = "encoder"
+    reference_api = "FlagModel"
+    description = "BERT/XLM-R dense embedders: bge-{small,base,large}-{en,zh}[-v1.5], llm-embedder"
+    checkpoints = (
+        "BAAI/bge-small-en-v1.5", "BAAI/bge-base-en-v1.5", "BAAI/bge-large-en-v1.5",
+        "BAAI/bge-small-zh-v1.5", "BAAI/bge-base-zh-v1.5", "BAAI/bge-large-zh-v1.5",
+        "BAAI/bge-small-en", "BAAI/bge-base-en", "BAAI/bge-large-en",
+        "BAAI/bge-small-zh", "BAAI/bge-base-zh", "BAAI/bge-large-zh", "BAAI/llm-embedder",
+    )
+    targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        mtype = ckpt.config.get("model_type")
+        if mtype not in ARCHITECTURES:
+            return False
+        archs = ckpt.config.get("architectures") or [ARCHITECTURES[mtype][0]]
+        if not all(a in ARCHITECTURES[mtype] for a in archs):
+            return False  # e.g. *ForSequenceClassification is a cross-encoder
+        if any(ckpt.has(f) for f in M3_HEAD_FILES):
+            return False  # bge-m3 layout
+        return any(ckpt.has(f) for f in TOKENIZER_FILES)
+
+    def make_variant(self, *, pooling: str | None = None, **options: Any) -> dict:
+        if options:
+            raise UnsupportedFamilyError(f"the encoder family has no options {sorted(options)}; it takes --pooling")
+        pooling = pooling or "cls"
+        if pooling not in POOLINGS:
+            raise UnsupportedFamilyError(f"--pooling {pooling} is not supported; choose one of {', '.join(POOLINGS)}")
+        cfg = self.ckpt.config
+        # With CLS pooling only row 0 of the last layer is used: the graph computes keys/values for every
+        # token but queries, attention output and FFN for the CLS row only (same math, less work).
+        cls_only = pooling == "cls" and cfg.get("position_embedding_type", "absolute") == "absolute" \
+            and not cfg.get("is_decoder", False)
+        return {"architecture": cfg["model_type"], "pooling": pooling, "cls_only_last_layer": bool(cls_only)}
+
+    # --- data -------------------------------------------------------------------------------------
+    def model_info(self) -> dict:
+        c = self.ckpt.config
+        return {
+            "model_type": c["model_type"],
+            "hidden_size": int(c["hidden_size"]),
+            "num_hidden_layers": int(c["num_hidden_layers"]),
+            "num_attention_heads": int(c["num_attention_heads"]),
+            "intermediate_size": int(c["intermediate_size"]),
+            "vocab_size": int(c["vocab_size"]),
+            "max_position_embeddings": int(c["max_position_embeddings"]),
+        }
+
+    @property
+    def uses_token_type_ids(self) -> bool:
+        return self.ckpt.config["model_type"] == "bert"
+
+    def inputs(self) -> list[TensorSpec]:
+        names = ["input_ids", "attention_mask"] + (["token_type_ids"] if self.uses_token_type_ids else [])
+        return [TensorSpec(n, "int64", ("batch", "sequence")) for n in names]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
+
+    def max_sequence_length(self) -> int:
+        c = self.ckpt.config
+        if c["model_type"] == "xlm-roberta":  # positions start after the padding index
+            return int(c["max_position_embeddings"]) - int(c.get("pad_token_id", 1)) - 1
+        return int(c["max_position_embeddings"])
+
+    def runtime_defaults(self) -> dict:
+        return {"batch_size": 256, "max_length": min(512, self.max_sequence_length()), "normalize_embeddings": True}
+
+    # --- torch side -------------------------------------------------------------------------------
+    def torch_module(self):
+        from bge_export.export.wrappers import EncoderPooler
+
+        return EncoderPooler.from_checkpoint(self.ckpt.path, **self.variant)
+
+    def reference(self, **kwargs):
+        """FlagEmbedding's FlagModel on this checkpoint, fp32 on CPU."""
+        from runtimes._optional import require
+
+        flag = require("FlagEmbedding")
+        return flag.FlagModel(
+            str(self.ckpt.path), use_fp16=False, devices="cpu", pooling_method=self.variant["pooling"], **kwargs
+        )
+
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print) -> list:
+        from bge_export.parity import encoder_parity
+
+        return encoder_parity(self, bundle_path, precision, texts, log=log)

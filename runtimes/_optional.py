@@ -1,0 +1,46 @@
+"""The one lazy-import facility: heavy modules are imported on first use, and a missing one
+raises an error naming the pip extra that installs it."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from runtimes.errors import MissingDependencyError
+
+# module -> (pip extra, what it is needed for)
+_EXTRAS = {
+    "torch": ("export", "exporting a checkpoint"),
+    "transformers": ("export", "reading a checkpoint"),
+    "onnx": ("export", "building an engine"),
+    "onnxscript": ("export", "graph fusion"),
+    "onnx_ir": ("export", "graph fusion"),
+    "optimum": ("export", "the optimum comparison in benchmarks"),
+    "FlagEmbedding": ("reference", "the FlagEmbedding parity reference"),
+    "onnxruntime": ("", "running ONNX Runtime engines"),
+    "tokenizers": ("", "tokenizing text"),
+    "tensorrt": ("trt", "TensorRT engines"),
+    "matplotlib": ("dev", "benchmark plots"),
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise MissingDependencyError with the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        extra, purpose = _EXTRAS.get(top, ("", "this feature"))
+        pkg = "bge-export" + (f"[{extra}]" if extra else "")
+        raise MissingDependencyError(
+            f"{top} is needed for {purpose} but is not installed ({exc}); "
+            f"install it with: pip install '{pkg}'"
+            + ("  (on a CPU-only machine run `pip install torch==2.13.0` first)" if extra == "export" else "")
+        ) from None
+
+
+def available(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False

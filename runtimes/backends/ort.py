@@ -1,0 +1,31 @@
+"""ONNX Runtime backend (CPU now; CUDA providers when a bundle asks for them)."""
+from __future__ import annotations
+
+import numpy as np
+
+from runtimes._optional import require
+from runtimes.backends.base import Backend
+from runtimes.errors import IncompatibleBundleError
+
+
+class OrtBackend(Backend):
+    def __init__(self, engine_file, engine, inputs, outputs, *, intra_op_num_threads: int = 0, **options):
+        super().__init__(engine_file, engine, inputs, outputs, **options)
+        ort = require("onnxruntime")
+        wanted = list(engine.get("providers", ["CPUExecutionProvider"]))
+        have = ort.get_available_providers()
+        missing = [p for p in wanted if p not in have]
+        if missing:
+            raise IncompatibleBundleError(
+                f"this bundle needs ONNX Runtime providers {missing}, but this onnxruntime has {have}; "
+                "install bge-export[gpu] on a CUDA machine or rebuild the bundle with --target ort-cpu"
+            )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = int(intra_op_num_threads)
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.engine_file), so, providers=wanted)
+
+    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, values))

@@ -1,0 +1,58 @@
+"""Open an engine bundle: check the manifest against the files on disk and this machine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtimes.errors import BundleError
+from runtimes.manifest import Manifest, file_digest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def engine_file(self) -> Path:
+        return self.path / self.manifest.engine["file"]
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / self.manifest.tokenizer["dir"]
+
+
+def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Read and check a bundle.
+
+    ``verify=True`` hashes every file against the manifest (a few seconds for multi-GB models);
+    ``verify=False`` only checks that the files exist with the recorded sizes.
+    """
+    if not isinstance(path, (str, Path)):
+        raise BundleError(f"a bundle path must be a str or Path, got {type(path).__name__}")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise BundleError(f"bundle {root} does not exist; build one with `bge-export --model ... --out {root}`")
+    if not root.is_dir():
+        raise BundleError(f"bundle {root} is a file, not a folder; pass the folder that holds manifest.json")
+    manifest = Manifest.read(root)
+    problems = []
+    for name, meta in manifest.data["files"].items():
+        p = root / name
+        if not p.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        size = p.stat().st_size
+        if size != meta["size"]:
+            problems.append(f"{name} has {size} bytes, the manifest recorded {meta['size']} (truncated or replaced)")
+        elif verify and file_digest(p) != meta["sha256"]:
+            problems.append(f"{name} does not match its recorded sha256 (modified after the build)")
+    if problems:
+        raise BundleError(
+            f"bundle {root} is damaged: {'; '.join(problems)}; rebuild it with bge-export (the manifest "
+            "records how: `bge-export inspect` shows the source checkpoint and target)"
+        )
+    return Bundle(root.resolve(), manifest)

@@ -1,0 +1,121 @@
+"""The encoder family's runtime: FlagEmbedding's ``FlagModel`` API on an engine bundle."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from runtimes.bundle import Bundle
+from runtimes.errors import InputError
+from runtimes.postprocess import finish_embeddings
+from runtimes.service import BundleModel
+
+
+class EncoderModel(BundleModel):
+    """Drop-in for ``FlagEmbedding.FlagModel``: ``encode``, ``encode_queries``, ``encode_corpus``.
+
+    Returns float32 numpy arrays ``(N, H)``, or ``(H,)`` for a single string, in input order.
+    """
+
+    API = "FlagModel"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        normalize_embeddings: bool = True,
+        query_instruction_for_retrieval: str | None = None,
+        query_instruction_format: str = "{}{}",
+        batch_size: int = 256,
+        max_length: int | None = None,
+        query_max_length: int | None = None,
+        passage_max_length: int | None = None,
+        truncate_dim: int | None = None,
+        convert_to_numpy: bool = True,
+        passage_instruction_for_retrieval: str | None = None,
+        passage_instruction_format: str = "{}{}",
+        intra_op_num_threads: int = 0,
+    ):
+        super().__init__(bundle, intra_op_num_threads=intra_op_num_threads)
+        self.hidden_size = int(bundle.manifest.data["model"]["hidden_size"])
+        default_len = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
+        self.query_instruction_format = query_instruction_format
+        self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
+        self.passage_instruction_format = passage_instruction_format
+        self.batch_size = self.check_batch_size(batch_size)
+        self.query_max_length = self.check_max_length(query_max_length) if query_max_length else default_len
+        self.passage_max_length = self.check_max_length(passage_max_length) if passage_max_length else default_len
+        self.truncate_dim = self._check_truncate_dim(truncate_dim)
+        self.convert_to_numpy = self._check_numpy(convert_to_numpy)
+
+    @property
+    def max_length(self) -> int:
+        return self.passage_max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.query_max_length = self.passage_max_length = self.check_max_length(value)
+
+    # --- FlagModel API ------------------------------------------------------------------------
+    def encode_queries(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+        return self.encode(
+            queries,
+            batch_size=batch_size,
+            max_length=max_length if max_length is not None else self.query_max_length,
+            convert_to_numpy=convert_to_numpy,
+            instruction=self.query_instruction_for_retrieval,
+            instruction_format=self.query_instruction_format,
+            **kwargs,
+        )
+
+    def encode_corpus(self, corpus, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+        return self.encode(
+            corpus,
+            batch_size=batch_size,
+            max_length=max_length if max_length is not None else self.passage_max_length,
+            convert_to_numpy=convert_to_numpy,
+            instruction=self.passage_instruction_for_retrieval,
+            instruction_format=self.passage_instruction_format,
+            **kwargs,
+        )
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int | None = None,
+        max_length: int | None = None,
+        convert_to_numpy: bool | None = None,
+        instruction: str | None = None,
+        instruction_format: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        if kwargs:
+            raise InputError(f"encode() got unsupported keyword arguments {sorted(kwargs)}")
+        self._check_numpy(convert_to_numpy if convert_to_numpy is not None else self.convert_to_numpy)
+        single, texts = self.check_texts(sentences, "sentences")
+        if instruction is not None:
+            texts = [self.apply_instruction(instruction_format or "{}{}", instruction, t) for t in texts]
+        batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
+        max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
+        pooled = self.run_sorted(texts, batch_size, max_length, output="pooled")
+        out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
+        return out[0] if single else out
+
+    # --- validation -----------------------------------------------------------------------------
+    def _check_truncate_dim(self, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.hidden_size:
+            raise InputError(f"truncate_dim must be an int in 1..{self.hidden_size} (the embedding size) or None, got {value!r}")
+        return value
+
+    @staticmethod
+    def _check_numpy(value):
+        if value is False:
+            raise InputError(
+                "convert_to_numpy=False (torch tensors) is not supported by the bundle runtime, which returns "
+                "float32 numpy arrays; wrap the result with torch.from_numpy(...) if you need a tensor"
+            )
+        return True

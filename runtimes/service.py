@@ -1,0 +1,90 @@
+"""What every family's runtime shares: bundle + backend + tokenizer, input checks and length-sorted batching."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from runtimes.backends import get_backend_class
+from runtimes.bundle import Bundle
+from runtimes.errors import InputError
+from runtimes.tokenizer import Tokenizer
+
+
+class BundleModel:
+    API = ""
+
+    def __init__(self, bundle: Bundle, *, intra_op_num_threads: int = 0):
+        m = bundle.manifest
+        self.bundle = bundle
+        self.manifest = m
+        self.defaults = dict(m.runtime.get("defaults", {}))
+        self.max_supported_length = int(m.data["profiles"]["sequence"]["max"])
+        tok = m.tokenizer
+        self.tokenizer = Tokenizer(
+            bundle.tokenizer_dir,
+            pad_token_id=tok["pad_token_id"],
+            padding_side=tok["padding_side"],
+            truncation_side=tok.get("truncation_side", "right"),
+        )
+        backend_cls = get_backend_class(m.engine["kind"])
+        self.backend = backend_cls(
+            bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], intra_op_num_threads=intra_op_num_threads
+        )
+        self.input_names = [s["name"] for s in m.io["inputs"]]
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"<{type(self).__name__} {m.family}/{m.target} from {self.bundle.path}>"
+
+    # --- checks shared by every family ---------------------------------------------------------------
+    @staticmethod
+    def check_texts(texts, what: str) -> tuple[bool, list[str]]:
+        """Returns (was a single string, list of strings); rejects anything else with the offending item."""
+        if isinstance(texts, str):
+            return True, [texts]
+        if texts is None or isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+            raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
+        items = list(texts)
+        if not items:
+            raise InputError(f"{what} is empty; pass at least one string")
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise InputError(f"{what}[{i}] is {type(t).__name__} ({t!r:.40}), expected str; convert it with str() first")
+        return False, items
+
+    @staticmethod
+    def check_batch_size(value) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(f"batch_size must be a positive int, got {value!r}")
+        return int(value)
+
+    def check_max_length(self, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 2 <= value <= self.max_supported_length:
+            raise InputError(
+                f"max_length must be an int in 2..{self.max_supported_length} (the model's position limit), got {value!r}"
+            )
+        return int(value)
+
+    @staticmethod
+    def apply_instruction(instruction_format: str, instruction: str, text: str) -> str:
+        """FlagEmbedding's rule: a literal backslash-n in the format becomes a newline, then str.format."""
+        return instruction_format.replace("\\n", "\n").format(instruction, text)
+
+    # --- batching -------------------------------------------------------------------------------------
+    def feeds_for(self, encoded) -> dict[str, np.ndarray]:
+        padded = self.tokenizer.pad(encoded)
+        return {name: padded[name] for name in self.input_names}
+
+    def run_sorted(self, texts: list[str], batch_size: int, max_length: int, *, output: str) -> np.ndarray:
+        """Tokenize, sort by descending length, run padded batches, and return ``output`` in input order."""
+        encoded = self.tokenizer.encode(texts, max_length)
+        order = np.argsort([-len(e.ids) for e in encoded], kind="stable")
+        chunks = []
+        for start in range(0, len(order), batch_size):
+            batch = [encoded[i] for i in order[start : start + batch_size]]
+            chunks.append(self.backend.infer(self.feeds_for(batch))[output])
+        out = np.concatenate(chunks, axis=0)
+        result = np.empty_like(out)
+        result[order] = out
+        return result

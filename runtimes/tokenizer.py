@@ -1,0 +1,53 @@
+"""Tokenization without transformers: the bundle's ``tokenizer.json`` run by the `tokenizers` library.
+
+Matches ``AutoTokenizer(...)(texts, truncation=True, max_length=n)`` of the fast HF tokenizer the bundle was
+built from (the parity suite checks the ids), then pads batches on the manifest's padding side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtimes._optional import require
+
+
+@dataclass
+class Encoded:
+    """Unpadded token ids of one text."""
+
+    ids: list[int]
+    type_ids: list[int]
+
+
+class Tokenizer:
+    def __init__(self, folder: Path, *, pad_token_id: int, padding_side: str, truncation_side: str = "right"):
+        tokenizers = require("tokenizers")
+        self._tok = tokenizers.Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.pad_token_id = int(pad_token_id)
+        self.padding_side = padding_side
+        self.truncation_side = truncation_side
+        self._max_length: int | None = None
+
+    def encode(self, texts: list[str], max_length: int) -> list[Encoded]:
+        if self._max_length != max_length:
+            self._tok.enable_truncation(max_length, strategy="longest_first", direction=self.truncation_side)
+            self._max_length = max_length
+        return [Encoded(e.ids, e.type_ids) for e in self._tok.encode_batch(texts, add_special_tokens=True)]
+
+    def pad(self, batch: list[Encoded]) -> dict[str, np.ndarray]:
+        """Pad to the longest member: input_ids, attention_mask, token_type_ids (int64, (B, L))."""
+        n, length = len(batch), max(len(e.ids) for e in batch)
+        ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.int64)
+        types = np.zeros((n, length), dtype=np.int64)
+        for i, e in enumerate(batch):
+            k = len(e.ids)
+            sl = slice(0, k) if self.padding_side == "right" else slice(length - k, length)
+            ids[i, sl] = e.ids
+            mask[i, sl] = 1
+            types[i, sl] = e.type_ids
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
