@@ -51,8 +51,9 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         elif verify and file_digest(p) != meta["sha256"]:
             problems.append(f"{name} does not match its recorded sha256 (modified after the build)")
     if problems:
+        src = manifest.data["source"].get("checkpoint", "CHECKPOINT")
         raise BundleError(
-            f"bundle {root} is damaged: {'; '.join(problems)}; rebuild it with bge-export (the manifest "
-            "records how: `bge-export inspect` shows the source checkpoint and target)"
+            f"bundle {root} is damaged: {'; '.join(problems)}; rebuild it with "
+            f"`bge-export --model {src} --target {manifest.target} --out {root} --overwrite`"
         )
     return Bundle(root.resolve(), manifest)

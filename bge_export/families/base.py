@@ -55,6 +55,11 @@ class Family:
         self.ckpt = ckpt
         self.variant = self.make_variant(**variant_options)
 
+    @classmethod
+    def options_from_variant(cls, variant: dict) -> dict:
+        """The constructor options that rebuild a recorded variant (manifest -> family)."""
+        return {}
+
     def make_variant(self, **options: Any) -> dict:
         if options:
             raise UnsupportedFamilyError(f"family {self.name} takes no variant options, got {sorted(options)}")

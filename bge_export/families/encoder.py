@@ -44,6 +44,10 @@ class EncoderFamily(Family):
             return False  # bge-m3 layout
         return any(ckpt.has(f) for f in TOKENIZER_FILES)
 
+    @classmethod
+    def options_from_variant(cls, variant: dict) -> dict:
+        return {"pooling": variant["pooling"]}
+
     def make_variant(self, *, pooling: str | None = None, **options: Any) -> dict:
         if options:
             raise UnsupportedFamilyError(f"the encoder family has no options {sorted(options)}; it takes --pooling")

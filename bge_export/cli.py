@@ -1,0 +1,211 @@
+"""The bge-export command. Heavy libraries are imported only inside the commands that need them, so
+``bge-export --help`` works with nothing but the standard library installed."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from bge_export import __version__
+
+COMMANDS = ("inspect", "parity", "bench", "families")
+TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8")  # kept in sync with build.targets by a unit test
+
+MAIN_DESCRIPTION = """\
+Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
+
+  bge-export --target ort-cpu                      # the embedded default: all-MiniLM-L6-v2 (real weights)
+  bge-export --model BAAI/bge-small-en-v1.5 --target ort-cpu-int8 --out bundles/small-int8
+  bge-export inspect bundles/small-int8            # what is in a bundle
+  bge-export parity bundles/small-int8             # re-run parity
+  bge-export bench bundles/a bundles/b             # time bundles against FlagEmbedding and optimum
+
+--model takes a checkpoint folder or a hub id that is already in the local Hugging Face cache
+(nothing is downloaded). Serve the bundle with:  import runtimes; runtimes.load(BUNDLE).encode([...])
+"""
+
+TARGET_HELP = """targets:
+  onnx          the exported fp32 ONNX graph, unoptimised (portable)
+  ort-cpu       fp32 with transformer fusions, for ONNX Runtime CPU
+  ort-cpu-int8  dynamic int8 (per-channel weights, VNNI) for ONNX Runtime CPU
+
+other commands (bge-export COMMAND --help):
+  inspect   show a bundle's manifest: family, target, files, fusions, parity
+  parity    re-run parity of a bundle against FlagEmbedding
+  bench     time bundles against FlagEmbedding and optimum's ONNX export
+  families  list the supported families and targets
+
+exit codes: 0 ok, 1 parity or graph check failed, 2 bad input"""
+
+
+def _quiet_third_party() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("torch.onnx", "torch._export", "onnxscript", "transformers", "FlagEmbedding"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _err(msg: str) -> None:
+    print(f"bge-export: error: {msg}", file=sys.stderr)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bge-export", description=MAIN_DESCRIPTION, epilog=TARGET_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="PATH_OR_ID", default=None,
+                   help="checkpoint folder, or a hub id in the local HF cache (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--target", default="ort-cpu", metavar="TARGET", help="engine to build (default: ort-cpu; see below)")
+    p.add_argument("--out", metavar="DIR", default=None, help="bundle folder (default: bundles/<model>-<target>)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default=None,
+                   help="encoder pooling (default: cls, as FlagModel)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--version", action="version", version=f"bge-export {__version__}")
+    return p
+
+
+def cmd_build(argv: list[str]) -> int:
+    args = main_parser().parse_args(argv)
+    _quiet_third_party()
+    from bge_export.compile import compile_bundle, require_parity
+
+    result = compile_bundle(args.model, args.target, args.out, pooling=args.pooling, parity=not args.no_parity,
+                            overwrite=args.overwrite, log=_log, quiet=args.quiet)
+    if args.json:
+        print(json.dumps({"bundle": str(result.bundle), "family": result.manifest.family,
+                          "target": result.manifest.target, "parity": result.manifest.parity}, indent=2))
+    else:
+        print(result.parity_text)
+        print(f"bundle: {result.bundle}")
+    require_parity(result)
+    return 0
+
+
+def cmd_inspect(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bge-export inspect", description="Show what an engine bundle holds, after "
+                                "checking its files against the manifest.")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.add_argument("--fast", action="store_true", help="check file sizes only, not sha256")
+    args = p.parse_args(argv)
+    from runtimes.bundle import open_bundle
+
+    b = open_bundle(args.bundle, verify=not args.fast)
+    d = b.manifest.data
+    if args.json:
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+        return 0
+    m = d["model"]
+    lines = [
+        f"bundle     {b.path}",
+        f"family     {d['family']}  (FlagEmbedding API: {d['runtime']['api']})  variant {d['variant']}",
+        f"target     {d['target']}  precision {d['precision']}  engine {d['engine']['kind']} {d['engine']['providers']}",
+        f"source     {d['source']['checkpoint']}  weights sha256 {d['source']['weights_sha256'][:16]}...",
+        f"model      {m.get('model_type')}  layers {m.get('num_hidden_layers')}  hidden {m.get('hidden_size')}  "
+        f"heads {m.get('num_attention_heads')}  max length {d['profiles']['sequence']['max']}",
+        "inputs     " + ", ".join(f"{i['name']}{i['axes']}" for i in d["io"]["inputs"]),
+        "outputs    " + ", ".join(f"{o['name']}{o['axes']}" for o in d["io"]["outputs"]),
+        f"export     {d['build']['export']['exporter']} opset {d['build']['export']['opset']}, "
+        f"max error vs torch {d['build']['export']['check_vs_torch']['max_relative_error']:.2g}",
+    ]
+    if d["build"].get("fusions") is not None:
+        lines.append("fusions    " + (", ".join(f"{k} x{v}" for k, v in d["build"]["fusions"].items()) or "none"))
+    if d["build"].get("quantization"):
+        q = d["build"]["quantization"]
+        lines.append(f"int8       per_channel={q['per_channel']} reduce_range={q['reduce_range']} ops={q['op_types_to_quantize']}")
+    lines.append("files      " + ", ".join(f"{k} ({v['size'] / 1e6:.1f} MB)" for k, v in d["files"].items()
+                                          if v["size"] > 1e5))
+    lines.append("tools      " + ", ".join(f"{k} {v}" for k, v in d["tools"].items()))
+    par = d["parity"]
+    if par is None:
+        lines.append("parity     not run (built with --no-parity)")
+    else:
+        lines.append(f"parity     {'PASSED' if par['passed'] else 'FAILED'} vs {par['reference']} on {par['texts']} texts")
+        for c in par["checks"]:
+            bound = "" if c["bound"] is None else f" (bound {c['bound']:g})"
+            lines.append(f"             {c['output']:<7} {c['metric']:<17} {c['value']:.6g}{bound}"
+                         f"{'' if c['passed'] else '  FAIL'}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_parity(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bge-export parity", description="Re-run parity of a bundle against "
+                                "FlagEmbedding on its source checkpoint; without the checkpoint or FlagEmbedding, "
+                                "check against the reference sample stored in the bundle.")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    _quiet_third_party()
+    from bge_export.reparity import rerun_parity
+
+    ok, text, report = rerun_parity(args.bundle, log=_log)
+    print(json.dumps(report, indent=2) if args.json else text)
+    return 0 if ok else 1
+
+
+def cmd_bench(argv: list[str]) -> int:
+    from bge_export.bench import add_arguments, run_from_args
+
+    p = argparse.ArgumentParser(prog="bge-export bench", description="Time bundles end to end (encode) and "
+                                "engine-only against FlagEmbedding (fp32, CPU) and optimum's ONNX export of the "
+                                "same checkpoint, interleaved in one process. Writes JSON rows, a markdown table "
+                                "and a PNG plot.")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    _quiet_third_party()
+    return run_from_args(args, log=_log)
+
+
+def cmd_families(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bge-export families", description="List supported families and targets.")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    from bge_export.build.targets import PLANNED, TARGETS
+    from bge_export.families import FAMILIES
+
+    rows = [{"family": f.name, "reference": f.reference_api, "description": f.description,
+             "targets": list(f.targets), "checkpoints": list(f.checkpoints)} for f in FAMILIES.values()]
+    if args.json:
+        print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()},
+                          "planned_targets": PLANNED}, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['family']:<10} {r['reference']:<10} targets: {', '.join(r['targets'])}\n           {r['description']}")
+    print("\ntargets:\n" + "\n".join(f"  {k:<13} {v.description}" for k, v in TARGETS.items()))
+    print("planned:\n" + "\n".join(f"  {k:<13} {v}" for k, v in PLANNED.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "families": cmd_families}
+    handler = handlers.get(argv[0]) if argv else None
+    from runtimes.errors import BgeError
+
+    try:
+        return handler(argv[1:]) if handler else cmd_build(argv)
+    except BgeError as exc:
+        _err(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted; nothing was written")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""`bge-export parity BUNDLE`: re-run parity on an existing bundle.
+
+With the source checkpoint and FlagEmbedding at hand this is the full parity of the build. Without them (a
+serving host), the bundle is checked against the reference sample it carries.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bge_export import parity
+from bge_export.checkpoint import resolve_checkpoint
+from bge_export.compile import GOLDEN
+from bge_export.errors import BgeExportError
+from bge_export.families import get_family
+from runtimes._optional import available
+from runtimes.bundle import open_bundle
+
+
+def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
+    bundle = open_bundle(bundle_path)
+    m = bundle.manifest
+    family_cls = get_family(m.family)
+    src = m.data["source"]
+    reason = None
+    try:
+        ckpt = resolve_checkpoint(src["checkpoint"])
+        if ckpt.weights_sha256() != src["weights_sha256"]:
+            reason = f"the checkpoint at {ckpt.path} changed since the build (weights sha256 differs)"
+    except BgeExportError as exc:
+        reason = f"the source checkpoint is not available ({exc})"
+    if reason is None and not available("FlagEmbedding"):
+        reason = "FlagEmbedding is not installed (pip install 'bge-export[reference]')"
+    if reason is None:
+        family = family_cls(ckpt, **family_cls.options_from_variant(m.data["variant"]))
+        checks, _ = family.run_parity(bundle.path, m.precision, parity.parity_texts(), log=log)
+        title = f"{m.family} / {m.target} vs FlagEmbedding {m.runtime['api']}"
+        reference = f"FlagEmbedding {m.runtime['api']} fp32 CPU"
+        n = sum(len(v) for v in parity.parity_texts().values())
+    else:
+        log(f"note: {reason}; checking against the reference sample stored in the bundle instead")
+        checks, n = golden_checks(bundle)
+        title = f"{m.family} / {m.target} vs the bundle's stored reference sample"
+        reference = "stored reference sample"
+    ok, text = parity.report(checks, title)
+    return ok, text, parity.report_json(checks, reference, n)
+
+
+def golden_checks(bundle) -> tuple[list, int]:
+    import runtimes
+
+    path = bundle.path / GOLDEN
+    if not path.is_file():
+        raise BgeExportError(f"{bundle.path} has no {GOLDEN} (built with --no-parity) and the full reference is not "
+                             "available; install bge-export[reference] and keep the source checkpoint")
+    sample = json.loads(path.read_text(encoding="utf-8"))
+    model = runtimes.load(bundle.path)
+    ref = np.asarray(sample["reference"], dtype=np.float32)
+    got = model.encode(sample["texts"])
+    cos = parity.cosine_rows(ref, got)
+    values = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
+    return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["texts"])
