@@ -123,7 +123,13 @@ def _flagmodel_contender(ckpt_path: str, pooling: str) -> Contender:
                 return fm.model(**enc, return_dict=True).last_hidden_state[:, 0]
         return call
 
-    return Contender("FlagEmbedding FlagModel (torch fp32)", lambda t, b, s: fm.encode(t, batch_size=b, max_length=s), engine)
+    from bge_export.parity import quiet_stderr
+
+    def e2e(texts, b, s):
+        with quiet_stderr():  # FlagEmbedding's tqdm bars
+            return fm.encode(texts, batch_size=b, max_length=s)
+
+    return Contender("FlagEmbedding FlagModel (torch fp32)", e2e, engine)
 
 
 def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:

@@ -111,8 +111,11 @@ def compile_bundle(
               f"variant {family.variant}")
     for dep in ("torch", "transformers", "onnx", "onnxscript"):
         require(dep)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); pass an --out you can write to") from None
     try:
         if exported is None:
             prog.step("exporting to ONNX (dynamo, dynamic batch and sequence axes)")

@@ -158,10 +158,12 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
     # 2. embeddings: plain encode over everything (mixed lengths in one batch, truncation at max_length),
     #    a short max_length, and the retrieval pair encode_queries / encode_corpus
     log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
+    n = model.max_length  # the same max_length on both sides (FlagModel's own default is 512 regardless)
     with quiet_stderr():  # FlagEmbedding draws tqdm bars it does not let us switch off
-        ref_all = reference.encode(everything, batch_size=32)
+        ref_all = reference.encode(everything, batch_size=32, max_length=n)
         ref_short = reference.encode(edge, max_length=16)
-        q_ref, c_ref = reference.encode_queries(queries), reference.encode_corpus(corpus, batch_size=32)
+        q_ref = reference.encode_queries(queries, max_length=n)
+        c_ref = reference.encode_corpus(corpus, batch_size=32, max_length=n)
     got_all = model.encode(everything)
     got_short = model.encode(edge, max_length=16)
     q_got, c_got = model.encode_queries(queries), model.encode_corpus(corpus)

@@ -1,0 +1,63 @@
+"""Fixtures: tiny checkpoints and their ONNX exports, built once per session; bundles per (case, target)."""
+from __future__ import annotations
+
+import pytest
+
+from parity_tests import checkpoints as ck
+
+# case -> builder(tmp folder) -> checkpoint folder
+CASES = {
+    "minilm-real": lambda d: ck.real_minilm(),
+    "tiny-bert": lambda d: ck.tiny_bert(d / "bge-small-en-v1.5"),
+    "tiny-xlmr": lambda d: ck.tiny_xlmr(d / "xlmr-base-encoder"),
+    # checkpoints of shapes no BGE release has: other sizes, head counts, depths and position limits
+    "bert-48h3-l3-pos128": lambda d: ck.tiny_bert(d / "bert-other", hidden=48, layers=3, heads=3, intermediate=96,
+                                                   max_positions=128, seed=1),
+    "xlmr-64h8-l3": lambda d: ck.tiny_xlmr(d / "xlmr-other", hidden=64, layers=3, heads=8, intermediate=128, seed=2),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+    cache = {}
+
+    def get(case: str):
+        if case not in cache:
+            cache[case] = CASES[case](tmp_path_factory.mktemp(case))
+        return cache[case]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint_dir, tmp_path_factory):
+    from bge_export.compile import prepare
+    from bge_export.export.onnx import export_onnx
+
+    cache = {}
+
+    def get(case: str):
+        if case not in cache:
+            family, _ = prepare(checkpoint_dir(case), "onnx")
+            cache[case] = export_onnx(family, tmp_path_factory.mktemp(f"{case}-export"), log=lambda m: None)
+        return cache[case]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def bundle(checkpoint_dir, exported, tmp_path_factory):
+    """(case, target) -> CompileResult, parity included."""
+    from bge_export.compile import compile_bundle
+
+    cache = {}
+
+    def get(case: str, target: str):
+        key = (case, target)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"{case}-{target}") / "bundle"
+            cache[key] = compile_bundle(checkpoint_dir(case), target, out, exported=exported(case),
+                                        log=lambda m: None, quiet=True)
+        return cache[key]
+
+    return get

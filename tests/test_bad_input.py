@@ -1,0 +1,194 @@
+"""Every user mistake: one-line error naming the problem and the fix, non-zero exit, nothing half-written."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import runtimes
+from bge_export.cli import main
+from parity_tests import checkpoints as ck
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return ck.tiny_bert(tmp_path_factory.mktemp("ckpt") / "bge-small-en-v1.5")
+
+
+@pytest.fixture(scope="module")
+def built(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    assert main(["--model", str(tiny_ckpt), "--target", "onnx", "--out", str(out), "--no-parity", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture
+def bundle_copy(built, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(built, dst)
+    return dst
+
+
+def _fails(capsys, argv, *needles, code=2):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    lines = [line for line in err.splitlines() if line.startswith("bge-export: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _no_leftovers(folder):
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_missing_path(capsys, tmp_path):
+    _fails(capsys, ["--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "no such file or folder",
+           "pass a checkpoint folder")
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_not_in_cache(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    _fails(capsys, ["--model", "BAAI/bge-nonexistent", "--out", str(tmp_path / "o")], "not in the local Hugging Face cache",
+           "huggingface-cli download BAAI/bge-nonexistent")
+
+
+def test_hub_id_found_in_cache(tiny_ckpt, tmp_path, monkeypatch):
+    from bge_export.checkpoint import resolve_checkpoint
+
+    snap = tmp_path / "hf" / "hub" / "models--BAAI--bge-small-en-v1.5" / "snapshots" / "abc123"
+    shutil.copytree(tiny_ckpt, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    ckpt = resolve_checkpoint("BAAI/bge-small-en-v1.5")
+    assert ckpt.path == snap.resolve() and ckpt.name == "bge-small-en-v1.5"
+
+
+def test_folder_that_is_not_a_checkpoint(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    _fails(capsys, ["--model", str(tmp_path)], "config.json is missing")
+
+
+def test_file_instead_of_folder(capsys, tiny_ckpt):
+    _fails(capsys, ["--model", str(tiny_ckpt / "config.json")], "is a file", str(tiny_ckpt))
+
+
+def test_unsupported_architecture_lists_families(capsys, tmp_path):
+    ck.not_a_bge_checkpoint(tmp_path / "gpt2")
+    _fails(capsys, ["--model", str(tmp_path / "gpt2")], "not a BGE family", "supported families: encoder")
+
+
+def test_unknown_target(capsys, tiny_ckpt, tmp_path):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "tensorrt-fp8", "--out", str(tmp_path / "o")],
+           "unknown target 'tensorrt-fp8'", "available targets: onnx, ort-cpu, ort-cpu-int8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_planned_target_says_why(capsys, tiny_ckpt):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16"], "needs TensorRT")
+
+
+def test_unwritable_out_under_a_file(capsys, tiny_ckpt, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(tmp_path / "afile" / "bundle")], "cannot write")
+
+
+def test_unwritable_out_in_readonly_filesystem(capsys, tiny_ckpt):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "onnx", "--no-parity", "--out", "/proc/bge-export-test"],
+           "cannot write")
+
+
+def test_out_is_a_foreign_folder(capsys, tiny_ckpt, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(tmp_path / "mine")], "not a bundle")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_existing_bundle_needs_overwrite(capsys, tiny_ckpt, bundle_copy):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(bundle_copy)], "--overwrite")
+
+
+def test_overwrite_replaces_atomically(tiny_ckpt, bundle_copy):
+    before = json.loads((bundle_copy / "manifest.json").read_text())["created"]
+    assert main(["--model", str(tiny_ckpt), "--target", "ort-cpu", "--out", str(bundle_copy), "--overwrite",
+                 "--no-parity", "--quiet"]) == 0
+    after = json.loads((bundle_copy / "manifest.json").read_text())
+    assert after["target"] == "ort-cpu" and after["created"] >= before
+    assert not _no_leftovers(bundle_copy.parent)
+
+
+def test_truncated_model_file(capsys, bundle_copy):
+    model = bundle_copy / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    _fails(capsys, ["inspect", str(bundle_copy)], "damaged", "model.onnx has", "truncated", "--overwrite")
+    with pytest.raises(runtimes.BundleError, match="truncated"):
+        runtimes.load(bundle_copy)
+
+
+def test_same_size_corruption_is_caught_by_sha256(capsys, bundle_copy):
+    model = bundle_copy / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    _fails(capsys, ["inspect", str(bundle_copy)], "sha256")
+
+
+def test_edited_manifest(capsys, bundle_copy):
+    path = bundle_copy / "manifest.json"
+    d = json.loads(path.read_text())
+    d["precision"] = "int8"
+    path.write_text(json.dumps(d))
+    _fails(capsys, ["inspect", str(bundle_copy)], "modified after the build")
+    with pytest.raises(runtimes.BundleError, match="modified"):
+        runtimes.load(bundle_copy)
+
+
+def test_not_a_bundle(capsys, tmp_path):
+    _fails(capsys, ["inspect", str(tmp_path)], "manifest.json is missing")
+    _fails(capsys, ["parity", str(tmp_path / "nothing")], "does not exist")
+
+
+def test_bench_bad_grid(capsys, built):
+    _fails(capsys, ["bench", str(built), "--batch-sizes", "a,b"], "--batch-sizes")
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ([1, 2], "sentences[0] is int"),
+    (["ok", None], "sentences[1] is NoneType"),
+    (None, "must be a str or a list of str"),
+    ([], "is empty"),
+    (b"bytes", "must be a str or a list of str"),
+    ({"a": 1}, "must be a str or a list of str"),
+])
+def test_encode_rejects_non_strings(built, bad, needle):
+    model = runtimes.load(built)
+    with pytest.raises(runtimes.InputError) as e:
+        model.encode(bad)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"max_length": 1}, "max_length must be an int in 2..512"),
+    ({"max_length": 4096}, "max_length must be an int in 2..512"),
+    ({"convert_to_numpy": False}, "numpy"),
+])
+def test_encode_rejects_bad_options(built, kwargs, needle):
+    model = runtimes.load(built)
+    with pytest.raises(runtimes.InputError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        model.encode(["a"], **kwargs)
+
+
+def test_load_rejects_bad_options(built):
+    with pytest.raises(runtimes.InputError, match="truncate_dim"):
+        runtimes.load(built, truncate_dim=10_000)
+    with pytest.raises(runtimes.InputError, match="unexpected keyword"):
+        runtimes.load(built, pooling_method="mean")
+    with pytest.raises(runtimes.BundleError, match="str or Path"):
+        runtimes.load(42)

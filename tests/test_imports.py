@@ -1,0 +1,50 @@
+"""`import bge_export`, `import runtimes` and `bge-export --help` work without torch, onnxruntime or tensorrt."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCK = "import sys\nfor m in ('torch', 'onnxruntime', 'tensorrt', 'transformers', 'onnx', 'FlagEmbedding'):\n    sys.modules[m] = None\n"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_light_imports_without_heavy_dependencies():
+    code = (
+        "import bge_export, runtimes, bge_export.cli, bge_export.families, bge_export.build.targets, "
+        "bge_export.parity, bge_export.compile, bge_export.checkpoint, runtimes.manifest, runtimes.bundle, "
+        "runtimes.service, runtimes.encoder, runtimes.backends\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'tensorrt') if sys.modules.get(m) is not None]\n"
+        "assert not heavy, heavy\nprint('ok')"
+    )
+    r = _run(code)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_help_without_heavy_dependencies():
+    r = _run("from bge_export.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n")
+    assert r.returncode == 0, r.stderr
+    assert "--target" in r.stdout and "ort-cpu-int8" in r.stdout
+
+
+def test_missing_dependency_names_the_extra():
+    r = _run("from runtimes._optional import require\ntry:\n    require('torch')\nexcept Exception as e:\n    print(e)\n")
+    assert "pip install 'bge-export[export]'" in r.stdout and "torch==2.13.0" in r.stdout
+
+
+def test_runtimes_is_this_project():
+    import runtimes
+
+    assert Path(runtimes.__file__).resolve().parent == ROOT / "runtimes"
+
+
+def test_cli_target_list_matches_registry():
+    from bge_export.build.targets import TARGETS
+    from bge_export.cli import TARGET_NAMES
+
+    assert tuple(TARGETS) == TARGET_NAMES
