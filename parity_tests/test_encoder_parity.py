@@ -12,9 +12,17 @@ from parity_tests.conftest import CASES
 ENCODER_TARGETS = FAMILIES["encoder"].targets
 
 
+# Random weights at initializer_range 0.5 with hidden 48 / 3 heads give attention logits so large that softmax is
+# near-argmax: fp32 weights plus int8-sized noise (one per-channel step) alone drop its cosine mean to 0.957
+# (MiniLM: 0.997). Dynamic int8 reaches 0.984 there, below the 0.99 gate, and the gate must say so.
+HYPERSENSITIVE = {("bert-48h3-l3-pos128", "ort-cpu-int8")}
+
+
 @pytest.mark.parametrize("target", ENCODER_TARGETS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_parity(bundle, case, target):
+    if (case, target) in HYPERSENSITIVE:
+        pytest.skip("covered by test_gate_fails_on_a_hypersensitive_checkpoint")
     result = bundle(case, target)
     print(result.parity_text)
     assert result.parity_ok, result.parity_text
@@ -77,3 +85,24 @@ def test_tiny_checkpoints_are_not_degenerate(bundle):
         v = model.encode(["a cat sat on the mat", "quarterly tax filing deadline", "火山喷发"])
         cos = v @ v.T
         assert cos[np.triu_indices(3, 1)].max() < 0.95, (case, cos)
+
+
+def test_gate_fails_on_a_hypersensitive_checkpoint(bundle):
+    """The int8 gate is not a formality: on a checkpoint int8 cannot serve, parity fails and says by how much."""
+    (case, target), = HYPERSENSITIVE
+    result = bundle(case, target)
+    assert result.parity_ok is False and result.manifest.parity["passed"] is False
+    assert "FAIL dense    cosine_mean" in result.parity_text
+    assert "would pass with cosine_mean >= 0.9" in result.parity_text
+
+
+def test_main_job_exits_non_zero_on_parity_failure(checkpoint_dir, exported, tmp_path, capsys):
+    from bge_export.cli import main
+
+    out = tmp_path / "b"
+    rc = main(["--model", str(checkpoint_dir("bert-48h3-l3-pos128")), "--target", "ort-cpu-int8", "--out", str(out),
+               "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 1, captured.err
+    assert "parity failed" in captured.err and "would pass with" in captured.out
+    assert (out / "manifest.json").is_file()  # complete bundle, failing report inside, for inspection

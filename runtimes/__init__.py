@@ -35,6 +35,13 @@ def load(path: str | Path, *, verify: bool = True, **options):
     """
     bundle = open_bundle(path, verify=verify)
     family = bundle.manifest.family
+    parity = bundle.manifest.parity
+    if parity is not None and not parity.get("passed", False):
+        import warnings
+
+        failed = [f"{c['metric']}={c['value']:.4g}" for c in parity.get("checks", []) if not c.get("passed", True)]
+        warnings.warn(f"bundle {bundle.path} FAILED parity against {parity.get('reference')} at build time "
+                      f"({', '.join(failed)}); its outputs may differ from FlagEmbedding", RuntimeWarning, stacklevel=2)
     if family not in RUNTIME_APIS:
         raise IncompatibleBundleError(
             f"bundle family '{family}' has no runtime in this version (have: {', '.join(sorted(RUNTIME_APIS))}); "

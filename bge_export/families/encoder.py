@@ -109,7 +109,7 @@ class EncoderFamily(Family):
             str(self.ckpt.path), use_fp16=False, devices="cpu", pooling_method=self.variant["pooling"], **kwargs
         )
 
-    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print) -> list:
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
         from bge_export.parity import encoder_parity
 
-        return encoder_parity(self, bundle_path, precision, texts, log=log)
+        return encoder_parity(self, bundle_path, precision, texts, log=log, gate_retrieval=gate_retrieval)
