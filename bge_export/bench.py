@@ -1,7 +1,9 @@
 """`bge-export bench`: bundles against FlagEmbedding (fp32, CPU) and optimum's ONNX export, one process.
 
 Every contender gets the same texts (exactly ``seq`` tokens each) and the same batch; runs are interleaved
-(round-robin, rotating order) after warm-up. Two timings per contender:
+(round-robin, rotating order) after warm-up. Every ONNX Runtime contender (ours and optimum's graph) runs with
+the same session settings and thread spinning off, so one contender's idle spinning threads never steal the
+cores from the next one. Two timings per contender:
   e2e     the public call: ``encode(texts)`` (tokenize + batch + run + pool + normalise)
   engine  the model alone on pre-tokenized, pre-padded tensors
 Rows: median / p95 / p99 latency, tokens/s, model GFLOP/s and the fraction of this machine's measured fp32
@@ -99,7 +101,7 @@ def encoder_flops(info: dict, batch: int, seq: int) -> float:
 def _bundle_contender(path: Path, log) -> tuple[Contender, dict]:
     import runtimes
 
-    model = runtimes.load(path)
+    model = runtimes.load(path, backend_options={"allow_spinning": False})
     m = model.manifest
 
     def engine(texts, b, s):
@@ -135,10 +137,13 @@ def _flagmodel_contender(ckpt_path: str, pooling: str) -> Contender:
 def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     ort_mod = require("optimum.onnxruntime")
     transformers = require("transformers")
-    om = ort_mod.ORTModelForFeatureExtraction.from_pretrained(ckpt_path, export=True)
-    om.save_pretrained(str(workdir / "optimum"))
+    ort = require("onnxruntime")
+    ort_mod.ORTModelForFeatureExtraction.from_pretrained(ckpt_path, export=True).save_pretrained(str(workdir / "optimum"))
+    # optimum's exported graph, run with exactly the session settings our bundles get in this benchmark
+    session = ort.InferenceSession(str(workdir / "optimum" / "model.onnx"), _session_options(ort),
+                                   providers=["CPUExecutionProvider"])
     tok = transformers.AutoTokenizer.from_pretrained(ckpt_path)
-    names = [i.name for i in om.session.get_inputs()]
+    names = [i.name for i in session.get_inputs()]
 
     def feeds(texts, s):
         enc = tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np")
@@ -147,15 +152,23 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     def e2e(texts, b, s):
         outs = []
         for i in range(0, len(texts), b):
-            h = om.session.run(None, feeds(texts[i:i + b], s))[0][:, 0]
+            h = session.run(None, feeds(texts[i:i + b], s))[0][:, 0]
             outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
         return np.concatenate(outs)
 
     def engine(texts, b, s):
         f = feeds(texts, s)
-        return lambda: om.session.run(None, f)
+        return lambda: session.run(None, f)
 
     return Contender("optimum ONNX export (ORT CPU)", e2e, engine)
+
+
+def _session_options(ort):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -196,7 +209,7 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
     peak = gemm_peak_gflops()
     env = {"machine": platform.machine(), "processor": platform.processor() or _cpu_name(), "cpus": os.cpu_count(),
            "fp32_gemm_peak_gflops": round(peak, 1), "source": ckpt, "model": meta["model"],
-           "threads": "ONNX Runtime and torch defaults (all cores)"}
+           "threads": "ONNX Runtime and torch defaults (all cores); ORT thread spinning off for every ORT contender"}
     log(f"measured fp32 GEMM peak of this machine: {peak:.0f} GFLOP/s")
     rows = []
     for s in seqs:
@@ -249,7 +262,7 @@ def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
              f"{env['fp32_gemm_peak_gflops']} GFLOP/s. Model: {env['model'].get('model_type')} "
              f"{env['model'].get('num_hidden_layers')} layers, hidden {env['model'].get('hidden_size')}.", "",
-             "| mode | batch x seq | contender | median ms | p95 ms | tokens/s | GFLOP/s | % of peak | x FlagModel | x optimum |",
+             "| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | % of fp32 GEMM peak | x FlagModel | x optimum |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in sorted(rows, key=lambda r: (r["mode"], r["seq"], r["batch"], -r["tokens_per_s"])):

@@ -15,6 +15,7 @@ class EncoderModel(BundleModel):
     """Drop-in for ``FlagEmbedding.FlagModel``: ``encode``, ``encode_queries``, ``encode_corpus``.
 
     Returns float32 numpy arrays ``(N, H)``, or ``(H,)`` for a single string, in input order.
+    ``backend_options`` go to the engine backend (ONNX Runtime: ``intra_op_num_threads``, ``allow_spinning``).
     """
 
     API = "FlagModel"
@@ -34,9 +35,9 @@ class EncoderModel(BundleModel):
         convert_to_numpy: bool = True,
         passage_instruction_for_retrieval: str | None = None,
         passage_instruction_format: str = "{}{}",
-        intra_op_num_threads: int = 0,
+        backend_options: dict | None = None,
     ):
-        super().__init__(bundle, intra_op_num_threads=intra_op_num_threads)
+        super().__init__(bundle, backend_options=backend_options)
         self.hidden_size = int(bundle.manifest.data["model"]["hidden_size"])
         default_len = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
         self.normalize_embeddings = bool(normalize_embeddings)

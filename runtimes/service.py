@@ -14,7 +14,7 @@ from runtimes.tokenizer import Tokenizer
 class BundleModel:
     API = ""
 
-    def __init__(self, bundle: Bundle, *, intra_op_num_threads: int = 0):
+    def __init__(self, bundle: Bundle, *, backend_options: dict | None = None):
         m = bundle.manifest
         self.bundle = bundle
         self.manifest = m
@@ -28,9 +28,7 @@ class BundleModel:
             truncation_side=tok.get("truncation_side", "right"),
         )
         backend_cls = get_backend_class(m.engine["kind"])
-        self.backend = backend_cls(
-            bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], intra_op_num_threads=intra_op_num_threads
-        )
+        self.backend = backend_cls(bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], **(backend_options or {}))
         self.input_names = [s["name"] for s in m.io["inputs"]]
 
     def __repr__(self) -> str:

@@ -5,12 +5,16 @@ import numpy as np
 
 from runtimes._optional import require
 from runtimes.backends.base import Backend
-from runtimes.errors import IncompatibleBundleError
+from runtimes.errors import IncompatibleBundleError, InputError
 
 
 class OrtBackend(Backend):
-    def __init__(self, engine_file, engine, inputs, outputs, *, intra_op_num_threads: int = 0, **options):
-        super().__init__(engine_file, engine, inputs, outputs, **options)
+    def __init__(self, engine_file, engine, inputs, outputs, *, intra_op_num_threads: int = 0,
+                 allow_spinning: bool = True, **options):
+        if options:
+            raise InputError(f"unknown ONNX Runtime backend options {sorted(options)} "
+                             "(supported: intra_op_num_threads, allow_spinning)")
+        super().__init__(engine_file, engine, inputs, outputs)
         ort = require("onnxruntime")
         wanted = list(engine.get("providers", ["CPUExecutionProvider"]))
         have = ort.get_available_providers()
@@ -24,6 +28,8 @@ class OrtBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = int(intra_op_num_threads)
         so.log_severity_level = 3
+        if not allow_spinning:  # idle worker threads block at once instead of spinning on the cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.engine_file), so, providers=wanted)
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
