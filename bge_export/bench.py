@@ -140,7 +140,9 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     ort = require("onnxruntime")
     ort_mod.ORTModelForFeatureExtraction.from_pretrained(ckpt_path, export=True).save_pretrained(str(workdir / "optimum"))
     # optimum's exported graph, run with exactly the session settings our bundles get in this benchmark
-    session = ort.InferenceSession(str(workdir / "optimum" / "model.onnx"), _session_options(ort),
+    from runtimes.backends.ort import session_options
+
+    session = ort.InferenceSession(str(workdir / "optimum" / "model.onnx"), session_options(ort, allow_spinning=False),
                                    providers=["CPUExecutionProvider"])
     tok = transformers.AutoTokenizer.from_pretrained(ckpt_path)
     names = [i.name for i in session.get_inputs()]
@@ -163,14 +165,6 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     return Contender("optimum ONNX export (ORT CPU)", e2e, engine)
 
 
-def _session_options(ort):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -189,10 +183,16 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
         raise BgeExportError("bench supports encoder bundles in this version")
     meta = metas[0]
     ckpt = meta["source"]["checkpoint"]
-    workdir = Path(tempfile.mkdtemp(prefix="bge-bench-"))
+    if (flagmodel or optimum) and not Path(ckpt).is_dir():
+        raise BgeExportError(f"the source checkpoint {ckpt} is gone; pass --no-flagmodel --no-optimum to time the "
+                             "bundles alone")
+    with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
+        return _run(contenders, meta, Path(workdir), bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log)
+
+
+def _run(contenders, meta, workdir, bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log):
+    ckpt = meta["source"]["checkpoint"]
     if flagmodel:
-        if not Path(ckpt).is_dir():
-            raise BgeExportError(f"the source checkpoint {ckpt} is gone; pass --no-flagmodel --no-optimum to time the bundles alone")
         log("loading FlagEmbedding FlagModel (fp32, CPU)")
         contenders.append(_flagmodel_contender(ckpt, meta["variant"].get("pooling", "cls")))
     if optimum:
@@ -258,6 +258,24 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
     return rows, env
 
 
+def summary_markdown(rows: list[dict]) -> str:
+    """Speed-ups of each bundle over FlagModel and optimum per cell (median latency ratios)."""
+    ours = list(dict.fromkeys(r["contender"] for r in rows if r["contender"].startswith("bge-export")))
+    cells = sorted({(r["batch"], r["seq"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    head = ["batch x seq"] + [f"{name.split()[-1]} {mode} x{ref}" for name in ours for mode in ("e2e", "engine")
+                              for ref in ("FlagModel", "optimum")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, s in cells:
+        vals = []
+        for name in ours:
+            for mode in ("e2e", "engine"):
+                r = next((r for r in rows if (r["contender"], r["mode"], r["batch"], r["seq"]) == (name, mode, b, s)), {})
+                for key in ("speedup_vs_flagmodel", "speedup_vs_optimum"):
+                    vals.append("-" if r.get(key) is None else f"{r[key]:.2f}")
+        lines.append(f"| {b} x {s} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
              f"{env['fp32_gemm_peak_gflops']} GFLOP/s. Model: {env['model'].get('model_type')} "
@@ -296,8 +314,9 @@ def plot(rows: list[dict], path: Path) -> bool:
         ax.set_ylabel("tokens/s")
         ax.set_title({"e2e": "end to end: encode(texts)", "engine": "engine only (pre-tokenized)"}[mode])
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -325,11 +344,16 @@ def run_from_args(args, log=print) -> int:
     rows, env = run_bench([Path(b) for b in args.bundles], batches=batches, seqs=seqs, repeats=args.repeats,
                           warmup=args.warmup, flagmodel=not args.no_flagmodel, optimum=not args.no_optimum, log=log)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise BgeExportError(f"--out {out} is a file; pass a folder for bench.jsonl, bench.md and bench.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BgeExportError(f"--out {out}: cannot write there ({exc.strerror})") from None
     with open(out / "bench.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({**r, "env": env}) + "\n")
-    md = markdown(rows, env)
+    md = "## Speed-up (median latency ratios)\n\n" + summary_markdown(rows) + "\n## All rows\n\n" + markdown(rows, env)
     (out / "bench.md").write_text(md)
     png = plot(rows, out / "bench.png")
     if args.json:

@@ -108,7 +108,6 @@ def resolve_checkpoint(model: str | os.PathLike | None) -> Checkpoint:
         if name is None:
             resolved = path.resolve()
             name = resolved.parent.name if resolved.name.startswith("checkpoint-") else resolved.name
-    files = tuple(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts))
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(
@@ -121,6 +120,7 @@ def resolve_checkpoint(model: str | os.PathLike | None) -> Checkpoint:
         raise CheckpointError(f"{cfg_path} is not valid JSON ({exc}); restore it from the original checkpoint") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_path} must hold a JSON object; restore it from the original checkpoint")
+    files = tuple(sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and ".git" not in p.parts))
     ckpt = Checkpoint(path=path.resolve(), name=name, config=config, files=files)
     if not ckpt.weight_files:
         raise CheckpointError(

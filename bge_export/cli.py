@@ -37,7 +37,7 @@ other commands (bge-export COMMAND --help):
   bench     time bundles against FlagEmbedding and optimum's ONNX export
   families  list the supported families and targets
 
-exit codes: 0 ok, 1 parity or graph check failed, 2 bad input"""
+exit codes: 0 ok, 1 parity or graph check failed, 2 bad input, 3 internal error (a bug)"""
 
 
 def _quiet_third_party() -> None:
@@ -205,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted; nothing was written")
         return 130
+    except Exception:  # a bug in bge-export (or a library): show everything, with its own exit code
+        import traceback
+
+        traceback.print_exc()
+        _err("internal error (the traceback above is a bug in bge-export; please report it)")
+        return 3
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from pathlib import Path
 from bge_export import __version__
 from bge_export.build.targets import Target, get_target
 from bge_export.checkpoint import Checkpoint, resolve_checkpoint
-from bge_export.errors import OutputError, ParityError
+from bge_export.errors import CheckpointError, OutputError, ParityError
 from bge_export.families import recognise
 from bge_export.families.base import Family
 from runtimes._optional import require
+from runtimes.errors import BgeError
 from runtimes.manifest import Manifest, describe_files
 
 GOLDEN = "reference_sample.json"
@@ -60,14 +61,25 @@ def default_out_dir(ckpt: Checkpoint, target: str) -> Path:
     return Path("bundles") / f"{ckpt.name}-{target}"
 
 
+def _is_bundle(folder: Path) -> bool:
+    """Only a folder whose manifest reads and validates as a bundle manifest may be replaced."""
+    try:
+        Manifest.read(folder)
+        return True
+    except BgeError:
+        return False
+
+
 def check_out_dir(out: Path, overwrite: bool) -> Path:
     """The bundle's final path; refuses to clobber anything that is not an old bundle, and unwritable places."""
-    out = Path(out).expanduser()
+    out = Path(out).expanduser().resolve()
+    if out == Path(out.anchor) or Path.cwd().resolve().is_relative_to(out):
+        raise OutputError(f"--out {out} is the current folder or one of its parents; pass a new folder for the bundle")
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"--out {out} is an existing file; pass a folder path for the bundle")
         if any(out.iterdir()):
-            if not (out / "manifest.json").is_file():
+            if not _is_bundle(out):
                 raise OutputError(f"--out {out} is a non-empty folder that is not a bundle; pass a new or empty folder")
             if not overwrite:
                 raise OutputError(f"--out {out} already holds a bundle; pass --overwrite to replace it, or another --out")
@@ -129,8 +141,8 @@ def compile_bundle(
         if (tmp / "_export").exists():
             shutil.rmtree(tmp / "_export")
         prog.step("writing the bundle (manifest, tokenizer, model)")
-        tok_files = _save_tokenizer(ckpt, tmp / TOKENIZER_DIR)
-        fields = _manifest_fields(family, tgt, exported, built, tok_files)
+        tok, tok_files = _save_tokenizer(ckpt, tmp / TOKENIZER_DIR)
+        fields = _manifest_fields(family, tgt, exported, built, tok)
         fields["files"] = describe_files(tmp, built.files + tok_files)
         manifest = Manifest.build(fields)
         manifest.write(tmp)
@@ -138,7 +150,12 @@ def compile_bundle(
         if parity:
             prog.step(f"parity against FlagEmbedding {family.reference_api} (fp32, CPU)")
             manifest, parity_ok, parity_text = _run_parity(family, tgt, tmp, manifest, prog.info, gate_retrieval)
-        _commit(tmp, out, overwrite)
+        if parity_ok is False and out.exists() and any(out.iterdir()):
+            # never replace a working bundle with one that failed parity: put the new one beside it
+            out = out.with_name(out.name + ".parity-failed")
+            if out.exists() and not _is_bundle(out):
+                raise OutputError(f"{out} exists and is not a bundle; move it away and rebuild")
+        _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -152,21 +169,23 @@ def _export(family, workdir: Path, prog: Progress):
     return export_onnx(family, workdir, log=prog.info)
 
 
-def _save_tokenizer(ckpt: Checkpoint, folder: Path) -> list[str]:
+def _save_tokenizer(ckpt: Checkpoint, folder: Path):
     transformers = require("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
+    except Exception as exc:  # a broken tokenizer file is the user's checkpoint, not our bug
+        raise CheckpointError(f"{ckpt.path}: the tokenizer does not load ({type(exc).__name__}: {exc}); "
+                              "restore the tokenizer files from the original checkpoint") from None
     if not tok.is_fast:
         raise OutputError(f"{ckpt.path}: the tokenizer has no fast (tokenizers) version; the runtime needs tokenizer.json")
     tok.save_pretrained(str(folder))
     names = sorted(str(p.relative_to(folder.parent)) for p in folder.rglob("*") if p.is_file())
     if f"{TOKENIZER_DIR}/tokenizer.json" not in names:
         raise OutputError(f"{ckpt.path}: saving the tokenizer did not produce tokenizer.json")
-    return names
+    return tok, names
 
 
-def _manifest_fields(family: Family, tgt: Target, exported, built, tok_files) -> dict:
-    transformers = require("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(str(family.ckpt.path), use_fast=True)
+def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
     info = family.model_info()
     sizes = {"hidden": info["hidden_size"]}
     return {
@@ -202,7 +221,7 @@ def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log, gate_retrieval:
     checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
     (tmp / GOLDEN).write_text(json.dumps({"texts": list(golden["texts"]), "reference": golden["reference"].tolist(),
-                                          "precision": tgt.precision}, ensure_ascii=False))
+                                          "precision": tgt.precision}, ensure_ascii=False), encoding="utf-8")
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
     report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],
@@ -212,21 +231,30 @@ def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log, gate_retrieval:
     return manifest, ok, text
 
 
-def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished bundle into place; an old bundle is replaced only after the new one is complete."""
-    if out.exists():
-        if not any(out.iterdir()):
-            out.rmdir()
-        elif overwrite:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-    os.replace(tmp, out)
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle (checked by check_out_dir) is replaced only after the
+    new one is complete, and restored if the swap fails."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tmp, *tmp.rglob("*")]:  # mkdtemp makes 0700 folders: give the bundle normal permissions
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+    if out.exists() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def require_parity(result: CompileResult) -> None:
     if result.parity_ok is False:
         raise ParityError(f"parity failed; the bundle was written to {result.bundle} with the failing report in "
-                          "its manifest. Re-run `bge-export parity` after fixing, or pass --no-parity to skip the gate")
+                          "its manifest (an existing bundle at --out is kept). Try a more accurate target "
+                          "(ort-cpu instead of ort-cpu-int8), or pass --no-parity to skip the gate")

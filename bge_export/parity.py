@@ -51,17 +51,15 @@ class Check:
     bound: float | None  # None: reported, not gated
     passed: bool
     note: str = ""
+    higher_is_better: bool = True
 
     def line(self) -> str:
         if self.bound is None:
             return f"  {self.output:<8} {self.metric:<18} {self.value:.6g}  (reported){' ' + self.note if self.note else ''}"
-        op = ">=" if self.metric in _HIGHER else "<="
+        op = ">=" if self.higher_is_better else "<="
         status = "ok  " if self.passed else "FAIL"
         extra = "" if self.passed else f"  -> would pass with {self.metric} {op} {_loosen(self.value, op)}"
         return f"{status} {self.output:<8} {self.metric:<18} {self.value:.6g} {op} {self.bound:g}{extra}"
-
-
-_HIGHER = {"cosine_min", "cosine_mean", "top10_overlap"}
 
 
 def _loosen(value: float, op: str) -> str:
@@ -98,7 +96,7 @@ def gate(family: str, output: str, precision: str, values: dict[str, float], not
             checks.append(Check(output, metric, float(value), None, True, notes.get(metric, "")))
         else:
             ok = value >= t.bound if t.higher_is_better else value <= t.bound
-            checks.append(Check(output, metric, float(value), t.bound, bool(ok), notes.get(metric, "")))
+            checks.append(Check(output, metric, float(value), t.bound, bool(ok), notes.get(metric, ""), t.higher_is_better))
     missing = set(rows) - set(values)
     if missing:
         raise AssertionError(f"parity for {(family, output, precision)} did not compute {sorted(missing)}")

@@ -16,6 +16,8 @@ CASES = {
     "xlmr-64h8-l3": lambda d: ck.tiny_xlmr(d / "xlmr-other", hidden=64, layers=3, heads=8, intermediate=128, seed=2),
 }
 
+RESULTS: dict[tuple[str, str], dict] = {}  # (case, target) -> parity report, for the summary table
+
 # cases with trained weights: retrieval statistics (top-10 overlap) are gated only on these
 TRAINED = {"minilm-real"}
 
@@ -61,6 +63,23 @@ def bundle(checkpoint_dir, exported, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"{case}-{target}") / "bundle"
             cache[key] = compile_bundle(checkpoint_dir(case), target, out, exported=exported(case),
                                         log=lambda m: None, quiet=True, gate_retrieval=case in TRAINED)
+            RESULTS[key] = cache[key].manifest.parity
         return cache[key]
 
     return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A markdown table of every parity report of this run (the README's parity table comes from here)."""
+    if not RESULTS:
+        return
+    tr = terminalreporter
+    tr.section("parity summary (vs FlagEmbedding FlagModel, fp32 CPU)")
+    tr.write_line("| checkpoint | target | cosine min | cosine mean | max abs | top-10 overlap | FlagModel self-noise | gate |")
+    tr.write_line("|---|---|---|---|---|---|---|---|")
+    for (case, target), rep in RESULTS.items():
+        v = {c["metric"]: c["value"] for c in rep["checks"]}
+        gated = "" if rep.get("retrieval_gated", True) else " (not gated)"
+        tr.write_line(f"| {case} | {target} | {v['cosine_min']:.6f} | {v['cosine_mean']:.6f} | {v['max_abs']:.2g} | "
+                      f"{v['top10_overlap']:.3f}{gated} | {v['reference_self_max_abs']:.2g} | "
+                      f"{'pass' if rep['passed'] else 'FAIL'} |")

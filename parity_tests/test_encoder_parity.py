@@ -1,9 +1,12 @@
 """Every encoder case x target against FlagEmbedding's FlagModel (fp32, CPU)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+import runtimes
 from bge_export.build.targets import TARGETS
 from bge_export.families import FAMILIES
 from bge_export.parity import TOLERANCES
@@ -106,3 +109,19 @@ def test_main_job_exits_non_zero_on_parity_failure(checkpoint_dir, exported, tmp
     assert rc == 1, captured.err
     assert "parity failed" in captured.err and "would pass with" in captured.out
     assert (out / "manifest.json").is_file()  # complete bundle, failing report inside, for inspection
+
+
+def test_failed_parity_never_replaces_a_working_bundle(checkpoint_dir, exported, tmp_path, capsys):
+    from bge_export.cli import main
+
+    case = "bert-48h3-l3-pos128"
+    out = tmp_path / "b"
+    assert main(["--model", str(checkpoint_dir(case)), "--target", "ort-cpu", "--out", str(out), "--quiet"]) == 0
+    rc = main(["--model", str(checkpoint_dir(case)), "--target", "ort-cpu-int8", "--out", str(out), "--overwrite",
+               "--quiet"])
+    assert rc == 1, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["target"] == "ort-cpu"  # the working one stays
+    failed = tmp_path / "b.parity-failed"
+    assert json.loads((failed / "manifest.json").read_text())["target"] == "ort-cpu-int8"
+    with pytest.warns(RuntimeWarning, match="FAILED parity"):
+        runtimes.load(failed)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from runtimes.errors import BgeError, BundleError, IncompatibleBundleError, InputError, MissingDependencyError
@@ -50,8 +51,8 @@ def load(path: str | Path, *, verify: bool = True, **options):
     module, cls = RUNTIME_APIS[family][1].split(":")
     model_cls = getattr(importlib.import_module(module), cls)
     try:
-        return model_cls(bundle, **options)
+        inspect.signature(model_cls).bind(bundle, **options)
     except TypeError as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"runtimes.load(): {exc} (options for a {RUNTIME_APIS[family][0]} bundle)") from None
+        raise InputError(f"runtimes.load(): {exc} (options of a {RUNTIME_APIS[family][0]} bundle: "
+                         f"{', '.join(list(inspect.signature(model_cls).parameters)[1:])})") from None
+    return model_cls(bundle, **options)

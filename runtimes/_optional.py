@@ -3,6 +3,7 @@ raises an error naming the pip extra that installs it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from runtimes.errors import MissingDependencyError
@@ -39,8 +40,8 @@ def require(module: str) -> ModuleType:
 
 
 def available(module: str) -> bool:
+    """Whether ``module`` is installed, without importing it (FlagEmbedding would import torch)."""
     try:
-        importlib.import_module(module)
-        return True
-    except ImportError:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
         return False

@@ -13,9 +13,6 @@ class Bundle:
     path: Path
     manifest: Manifest
 
-    def file(self, name: str) -> Path:
-        return self.path / name
-
     @property
     def engine_file(self) -> Path:
         return self.path / self.manifest.engine["file"]
@@ -41,6 +38,8 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     manifest = Manifest.read(root)
     problems = []
     for name, meta in manifest.data["files"].items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise BundleError(f"bundle {root}: the manifest lists a file outside the bundle ({name!r}); refusing it")
         p = root / name
         if not p.is_file():
             problems.append(f"{name} is missing")

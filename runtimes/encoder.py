@@ -14,11 +14,11 @@ from runtimes.service import BundleModel
 class EncoderModel(BundleModel):
     """Drop-in for ``FlagEmbedding.FlagModel``: ``encode``, ``encode_queries``, ``encode_corpus``.
 
-    Returns float32 numpy arrays ``(N, H)``, or ``(H,)`` for a single string, in input order.
+    Returns float32 numpy arrays ``(N, H)``, or ``(H,)`` for a single string, in input order. Unlike
+    FlagModel 1.4.2, which stores but ignores a constructor ``max_length``, ``max_length=`` here sets the
+    default of both query and passage lengths.
     ``backend_options`` go to the engine backend (ONNX Runtime: ``intra_op_num_threads``, ``allow_spinning``).
     """
-
-    API = "FlagModel"
 
     def __init__(
         self,
@@ -46,8 +46,10 @@ class EncoderModel(BundleModel):
         self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
         self.passage_instruction_format = passage_instruction_format
         self.batch_size = self.check_batch_size(batch_size)
-        self.query_max_length = self.check_max_length(query_max_length) if query_max_length else default_len
-        self.passage_max_length = self.check_max_length(passage_max_length) if passage_max_length else default_len
+        self.query_max_length = default_len if query_max_length is None else self.check_max_length(query_max_length)
+        self.passage_max_length = default_len if passage_max_length is None else self.check_max_length(passage_max_length)
+        self.check_instruction_format(query_instruction_format, "query_instruction_format")
+        self.check_instruction_format(passage_instruction_format, "passage_instruction_format")
         self.truncate_dim = self._check_truncate_dim(truncate_dim)
         self.convert_to_numpy = self._check_numpy(convert_to_numpy)
 
@@ -97,7 +99,8 @@ class EncoderModel(BundleModel):
         self._check_numpy(convert_to_numpy if convert_to_numpy is not None else self.convert_to_numpy)
         single, texts = self.check_texts(sentences, "sentences")
         if instruction is not None:
-            texts = [self.apply_instruction(instruction_format or "{}{}", instruction, t) for t in texts]
+            fmt = self.check_instruction_format(instruction_format or "{}{}", "instruction_format")
+            texts = [self.apply_instruction(fmt, instruction, t) for t in texts]
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
         max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
         pooled = self.run_sorted(texts, batch_size, max_length, output="pooled")
@@ -108,9 +111,9 @@ class EncoderModel(BundleModel):
     def _check_truncate_dim(self, value):
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= self.hidden_size:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self.hidden_size:
             raise InputError(f"truncate_dim must be an int in 1..{self.hidden_size} (the embedding size) or None, got {value!r}")
-        return value
+        return int(value)
 
     @staticmethod
     def _check_numpy(value):

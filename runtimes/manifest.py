@@ -167,7 +167,8 @@ def validate(data: Any, *, source: str) -> None:
             f"(supports {SCHEMA_VERSION}); rebuild the bundle with this version of bge-export"
         )
     if content_checksum(data) != data["checksum"]:
+        src = data["source"].get("checkpoint", "CHECKPOINT")
         raise BundleError(
-            f"{source}: the manifest was modified after the build (checksum mismatch); "
-            "rebuild the bundle with bge-export instead of editing manifest.json"
+            f"{source}: the manifest was modified after the build (checksum mismatch); rebuild the bundle instead "
+            f"of editing manifest.json: `bge-export --model {src} --target {data['target']} --out DIR`"
         )

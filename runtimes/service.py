@@ -1,8 +1,6 @@
 """What every family's runtime shares: bundle + backend + tokenizer, input checks and length-sorted batching."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from runtimes.backends import get_backend_class
@@ -12,8 +10,6 @@ from runtimes.tokenizer import Tokenizer
 
 
 class BundleModel:
-    API = ""
-
     def __init__(self, bundle: Bundle, *, backend_options: dict | None = None):
         m = bundle.manifest
         self.bundle = bundle
@@ -41,12 +37,17 @@ class BundleModel:
         """Returns (was a single string, list of strings); rejects anything else with the offending item."""
         if isinstance(texts, str):
             return True, [texts]
-        if texts is None or isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        if texts is None or isinstance(texts, (bytes, bytearray, dict)) or not hasattr(texts, "__iter__"):
             raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}")
-        items = list(texts)
+        try:
+            items = list(texts)
+        except TypeError:  # e.g. a 0-d numpy array
+            raise InputError(f"{what} must be a str or a list of str, got {type(texts).__name__}") from None
         if not items:
             raise InputError(f"{what} is empty; pass at least one string")
         for i, t in enumerate(items):
+            if isinstance(t, np.str_):
+                items[i] = t = str(t)
             if not isinstance(t, str):
                 raise InputError(f"{what}[{i}] is {type(t).__name__} ({t!r:.40}), expected str; convert it with str() first")
         return False, items
@@ -63,6 +64,19 @@ class BundleModel:
                 f"max_length must be an int in 2..{self.max_supported_length} (the model's position limit), got {value!r}"
             )
         return int(value)
+
+    @staticmethod
+    def check_instruction_format(fmt, what: str) -> str:
+        """FlagEmbedding formats with ``fmt.format(instruction, text)``: it needs exactly two positional fields."""
+        try:
+            filled = fmt.replace("\\n", "\n").format("\0", "\1") if isinstance(fmt, str) else ""
+            ok = "\0" in filled and "\1" in filled
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{what} must be a str with two '{{}}' fields (instruction, then text) such as "
+                             f"'{{}}{{}}' or '<instruct>{{}}\\n<query>{{}}', got {fmt!r}")
+        return fmt
 
     @staticmethod
     def apply_instruction(instruction_format: str, instruction: str, text: str) -> str:

@@ -5,6 +5,7 @@ built from (the parity suite checks the ids), then pads batches on the manifest'
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,20 +24,30 @@ class Encoded:
 
 class Tokenizer:
     def __init__(self, folder: Path, *, pad_token_id: int, padding_side: str, truncation_side: str = "right"):
-        tokenizers = require("tokenizers")
-        self._tok = tokenizers.Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-        self._tok.no_padding()
-        self._tok.no_truncation()
+        self._json = (Path(folder) / "tokenizer.json").read_text(encoding="utf-8")
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
         self.truncation_side = truncation_side
-        self._max_length: int | None = None
+        # Truncation is a setting of a tokenizers.Tokenizer; one configured instance per max_length, never
+        # changed after creation, keeps concurrent encode calls with different lengths correct.
+        self._by_length: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def _for_length(self, max_length: int):
+        tok = self._by_length.get(max_length)
+        if tok is None:
+            with self._lock:
+                tok = self._by_length.get(max_length)
+                if tok is None:
+                    tok = require("tokenizers").Tokenizer.from_str(self._json)
+                    tok.no_padding()
+                    tok.enable_truncation(max_length, strategy="longest_first", direction=self.truncation_side)
+                    self._by_length[max_length] = tok
+        return tok
 
     def encode(self, texts: list[str], max_length: int) -> list[Encoded]:
-        if self._max_length != max_length:
-            self._tok.enable_truncation(max_length, strategy="longest_first", direction=self.truncation_side)
-            self._max_length = max_length
-        return [Encoded(e.ids, e.type_ids) for e in self._tok.encode_batch(texts, add_special_tokens=True)]
+        encodings = self._for_length(max_length).encode_batch(texts, add_special_tokens=True)
+        return [Encoded(e.ids, e.type_ids) for e in encodings]
 
     def pad(self, batch: list[Encoded]) -> dict[str, np.ndarray]:
         """Pad to the longest member: input_ids, attention_mask, token_type_ids (int64, (B, L))."""

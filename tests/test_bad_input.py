@@ -192,3 +192,78 @@ def test_load_rejects_bad_options(built):
         runtimes.load(built, pooling_method="mean")
     with pytest.raises(runtimes.BundleError, match="str or Path"):
         runtimes.load(42)
+
+
+def test_overwrite_never_deletes_a_folder_that_merely_has_a_manifest_json(capsys, tiny_ckpt, tmp_path):
+    site = tmp_path / "webapp"
+    site.mkdir()
+    (site / "manifest.json").write_text('{"name": "my web app"}')
+    (site / "index.html").write_text("<html>")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(site), "--overwrite"], "not a bundle")
+    assert (site / "index.html").read_text() == "<html>"
+
+
+def test_out_cannot_be_the_current_folder(capsys, tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", "."], "current folder")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", "x/.."], "current folder")
+
+
+def test_bundle_is_readable_by_others(built):
+    assert (built.stat().st_mode & 0o055) == 0o055 and ((built / "model.onnx").stat().st_mode & 0o044) == 0o044
+
+
+def test_config_missing_fields(capsys, tiny_ckpt, tmp_path):
+    ckpt = tmp_path / "c"
+    shutil.copytree(tiny_ckpt, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["intermediate_size"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    _fails(capsys, ["--model", str(ckpt)], "lacks ['intermediate_size']")
+
+
+def test_checkpoint_without_tokenizer(capsys, tiny_ckpt, tmp_path):
+    ckpt = tmp_path / "c"
+    shutil.copytree(tiny_ckpt, ckpt)
+    for name in ck.BERT_TOKENIZER_FILES:
+        (ckpt / name).unlink()
+    _fails(capsys, ["--model", str(ckpt)], "has no tokenizer")
+
+
+def test_corrupt_weights(capsys, tiny_ckpt, tmp_path):
+    ckpt = tmp_path / "c"
+    shutil.copytree(tiny_ckpt, ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    _fails(capsys, ["--model", str(ckpt), "--target", "onnx", "--out", str(tmp_path / "o"), "--no-parity"],
+           "weights do not load")
+    assert not (tmp_path / "o").exists() and not _no_leftovers(tmp_path)
+
+
+def test_bad_instruction_format(built):
+    for fmt in ("{}", "{0}{2}", 42, "{x}{}"):
+        with pytest.raises(runtimes.InputError, match="two '{}' fields"):
+            runtimes.load(built, query_instruction_format=fmt)
+
+
+def test_numpy_string_arrays_are_accepted(built):
+    import numpy as np
+
+    model = runtimes.load(built)
+    texts = ["alpha", "beta gamma"]
+    np.testing.assert_array_equal(model.encode(np.array(texts)), model.encode(texts))
+    np.testing.assert_array_equal(model.encode(tuple(texts)), model.encode(texts))
+    with pytest.raises(runtimes.InputError):
+        model.encode(np.array("alpha"))
+
+
+def test_concurrent_calls_with_different_max_lengths(built):
+    """Truncation lives in per-length tokenizer instances: threads with different max_length do not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = runtimes.load(built)
+    text = "word " * 300
+    want = {n: model.encode(text, max_length=n) for n in (8, 64, 512)}
+    with ThreadPoolExecutor(6) as pool:
+        jobs = [(n, pool.submit(model.encode, text, max_length=n)) for n in (8, 64, 512) * 8]
+        for n, job in jobs:
+            assert (job.result() == want[n]).all()

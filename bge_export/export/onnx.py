@@ -59,10 +59,10 @@ def torch_outputs(module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def ort_runner(onnx_path: Path, family):
     """A function feeds -> list of outputs for ``onnx_path`` on ONNX Runtime's CPU provider."""
+    from runtimes.backends.ort import session_options
+
     ort = require("onnxruntime")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(onnx_path), session_options(ort), providers=["CPUExecutionProvider"])
     names = [o.name for o in family.outputs()]
     return lambda feeds: sess.run(names, feeds)
 
@@ -116,7 +116,9 @@ def export_onnx(family, out_dir: Path, *, log=print) -> ExportResult:
     seconds = time.perf_counter() - start
     log(f"exported {path.name} ({sum((out_dir / f).stat().st_size for f in files) / 1e6:.1f} MB, opset {OPSET}, "
         f"{'external data, ' if external else ''}{seconds:.1f}s)")
-    check = compare_graph(lambda feeds: torch_outputs(module, feeds), path, family, tolerance=1e-4,
+    del module  # the check runs the unmodified HF computation (no CLS-only rewrite), so it checks the rewrite too
+    reference = family.torch_module(reference=True)
+    check = compare_graph(lambda feeds: torch_outputs(reference, feeds), path, family, tolerance=1e-4,
                           what="the exported ONNX graph")
     log(f"checked ONNX against torch on batch x length {', '.join(check['shapes'])}: "
         f"max relative error {check['max_relative_error']:.2g}")

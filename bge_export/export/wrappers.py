@@ -31,7 +31,13 @@ class EncoderPooler(nn.Module):
     def from_checkpoint(cls, path: Path, **variant) -> "EncoderPooler":
         from transformers import AutoModel
 
-        model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+        from bge_export.errors import CheckpointError
+
+        try:
+            model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+        except Exception as exc:  # any failure to read the user's weight files (safetensors, pickle, shapes)
+            raise CheckpointError(f"{path}: the weights do not load ({type(exc).__name__}: {str(exc)[:300]}); "
+                                  "restore them from the original checkpoint") from None
         return cls(model.eval(), **variant).eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):

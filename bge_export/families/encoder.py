@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bge_export.errors import UnsupportedFamilyError
+from bge_export.errors import CheckpointError, UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, register_family
 
 ARCHITECTURES = {
@@ -17,6 +17,8 @@ ARCHITECTURES = {
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model")
 M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 POOLINGS = ("cls", "mean")
+REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                   "max_position_embeddings")
 
 
 @register_family
@@ -40,9 +42,16 @@ class EncoderFamily(Family):
         archs = ckpt.config.get("architectures") or [ARCHITECTURES[mtype][0]]
         if not all(a in ARCHITECTURES[mtype] for a in archs):
             return False  # e.g. *ForSequenceClassification is a cross-encoder
-        if any(ckpt.has(f) for f in M3_HEAD_FILES):
-            return False  # bge-m3 layout
-        return any(ckpt.has(f) for f in TOKENIZER_FILES)
+        return not any(ckpt.has(f) for f in M3_HEAD_FILES)  # those are the bge-m3 layout
+
+    def __init__(self, ckpt, **variant_options):
+        missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
+        if missing:
+            raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
+        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                                  "tokenizer files of the original checkpoint next to the weights")
+        super().__init__(ckpt, **variant_options)
 
     @classmethod
     def options_from_variant(cls, variant: dict) -> dict:
@@ -92,13 +101,15 @@ class EncoderFamily(Family):
         return int(c["max_position_embeddings"])
 
     def runtime_defaults(self) -> dict:
-        return {"batch_size": 256, "max_length": min(512, self.max_sequence_length()), "normalize_embeddings": True}
+        return {"max_length": min(512, self.max_sequence_length())}
 
     # --- torch side -------------------------------------------------------------------------------
-    def torch_module(self):
+    def torch_module(self, *, reference: bool = False):
+        """The export wrapper; ``reference=True`` gives the unmodified HF computation the graph is checked against."""
         from bge_export.export.wrappers import EncoderPooler
 
-        return EncoderPooler.from_checkpoint(self.ckpt.path, **self.variant)
+        variant = dict(self.variant, cls_only_last_layer=False) if reference else self.variant
+        return EncoderPooler.from_checkpoint(self.ckpt.path, **variant)
 
     def reference(self, **kwargs):
         """FlagEmbedding's FlagModel on this checkpoint, fp32 on CPU."""

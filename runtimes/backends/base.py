@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -29,22 +28,17 @@ def get_backend_class(kind: str) -> type["Backend"]:
 class Backend(ABC):
     """Runs one engine file. ``infer`` validates the feeds, then calls ``_infer_impl``."""
 
-    def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict], **options):
+    def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict]):
         self.engine_file = Path(engine_file)
         self.engine = engine
         self.input_specs = inputs
         self.output_names = [o["name"] for o in outputs]
-        self.options = options
-        self.last_latency_s = 0.0
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self.input_specs:
             if spec["name"] not in feeds:
                 raise InputError(f"missing engine input '{spec['name']}' (expected {[s['name'] for s in self.input_specs]})")
-        start = time.perf_counter()
-        out = self._infer_impl({s["name"]: feeds[s["name"]] for s in self.input_specs})
-        self.last_latency_s = time.perf_counter() - start
-        return out
+        return self._infer_impl({s["name"]: feeds[s["name"]] for s in self.input_specs})
 
     @abstractmethod
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
