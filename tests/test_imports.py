@@ -48,3 +48,14 @@ def test_cli_target_list_matches_registry():
     from bge_export.cli import TARGET_NAMES
 
     assert tuple(TARGETS) == TARGET_NAMES
+
+
+def test_families_command_lists_the_matrix(capsys):
+    import json
+
+    from bge_export.cli import main
+
+    assert main(["families", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["families"][0]["family"] == "encoder" and d["families"][0]["targets"] == ["onnx", "ort-cpu", "ort-cpu-int8"]
+    assert "trt-fp16" in d["planned_targets"]

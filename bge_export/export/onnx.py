@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,9 @@ def compare_graph(reference, onnx_path: Path, family, *, tolerance: float, what:
 def export_onnx(family, out_dir: Path, *, log=print) -> ExportResult:
     torch = require("torch")
     require("onnx")
+    # torch configures its loggers when imported; quiet the exporter's registry notes (e.g. "torchvision is not
+    # installed") afterwards so that progress output stays readable
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
     start = time.perf_counter()

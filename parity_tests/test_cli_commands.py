@@ -1,0 +1,52 @@
+"""The other commands on real bundles: parity (full and offline), bench, inspect --json."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from bge_export.cli import main
+from parity_tests import checkpoints as ck
+
+
+def test_parity_command_full(bundle, capsys):
+    res = bundle("tiny-bert", "ort-cpu")
+    assert main(["parity", str(res.bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["reference"].startswith("FlagEmbedding FlagModel")
+    assert {c["metric"] for c in report["checks"]} >= {"cosine_min", "max_abs", "mismatched_texts"}
+
+
+def test_parity_command_offline_uses_the_stored_sample(tmp_path, capsys):
+    """On a serving host without the checkpoint, parity checks the bundle against its stored reference sample."""
+    ckpt = ck.tiny_bert(tmp_path / "bge-small-en-v1.5")
+    out = tmp_path / "bundle"
+    assert main(["--model", str(ckpt), "--target", "ort-cpu", "--out", str(out), "--quiet"]) == 0
+    shutil.rmtree(ckpt)
+    capsys.readouterr()
+    assert main(["parity", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "reference sample stored in the bundle" in captured.err and "PASSED" in captured.out
+    assert "cosine_min" in captured.out
+
+
+def test_bench_smoke(bundle, tmp_path, capsys):
+    res = bundle("tiny-bert", "ort-cpu")
+    out = tmp_path / "bench"
+    assert main(["bench", str(res.bundle), "--batch-sizes", "2", "--seq-lens", "16", "--repeats", "1",
+                 "--warmup", "0", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
+    names = {r["contender"] for r in rows}
+    assert names == {"bge-export ort-cpu", "FlagEmbedding FlagModel (torch fp32)", "optimum ONNX export (ORT CPU)"}
+    assert {r["mode"] for r in rows} == {"e2e", "engine"}
+    assert all(r["batch"] == 2 and r["seq"] == 16 and r["tokens_per_s"] > 0 for r in rows)
+    assert (out / "bench.md").read_text().count("| e2e |") == 3 and (out / "bench.png").stat().st_size > 1000
+
+
+def test_inspect_json_and_text(bundle, capsys):
+    res = bundle("tiny-xlmr", "ort-cpu-int8")
+    assert main(["inspect", str(res.bundle), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["family"] == "encoder" and d["target"] == "ort-cpu-int8" and d["build"]["quantization"]["per_channel"]
+    assert main(["inspect", str(res.bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "fusions" in text and "int8" in text and "PASSED" in text
