@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from bge_export.errors import BgeExportError
+from bge_export.families import family_from_manifest, get_family
 from runtimes._optional import available, require
 
 DEFAULT_BATCHES = (1, 8, 32)
@@ -91,13 +92,6 @@ def gemm_peak_gflops(seconds: float = 1.0) -> float:
     return n * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
-def encoder_flops(info: dict, batch: int, seq: int) -> float:
-    """Nominal model FLOPs of a full encoder forward (matmuls + attention), the same for every contender."""
-    h, i, layers = info["hidden_size"], info["intermediate_size"], info["num_hidden_layers"]
-    per_token_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h
-    return float(batch * seq * layers * per_token_layer)
-
-
 def _bundle_contender(path: Path, log) -> tuple[Contender, dict]:
     import runtimes
 
@@ -111,10 +105,9 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict]:
     return Contender(f"bge-export {m.target}", lambda t, b, s: model.encode(t, batch_size=b, max_length=s), engine), m.data
 
 
-def _flagmodel_contender(ckpt_path: str, pooling: str) -> Contender:
-    flag = require("FlagEmbedding")
+def _flagmodel_contender(family) -> Contender:
     torch = require("torch")
-    fm = flag.FlagModel(ckpt_path, use_fp16=False, devices="cpu", pooling_method=pooling)
+    fm = family.reference()  # the parity reference: FlagModel fp32 on CPU
 
     def engine(texts, b, s):
         enc = fm.tokenizer(texts, padding=True, truncation=True, max_length=s, return_tensors="pt")
@@ -179,22 +172,27 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
     sources = {m["source"]["weights_sha256"] for m in metas}
     if len(sources) != 1:
         raise BgeExportError("bench compares bundles of ONE checkpoint; these bundles come from different weights")
-    if {m["family"] for m in metas} != {"encoder"}:
-        raise BgeExportError("bench supports encoder bundles in this version")
+    if {m["runtime"]["api"] for m in metas} != {"FlagModel"}:
+        raise BgeExportError("bench times bundles with the FlagModel API (the encoder family) in this version")
     meta = metas[0]
-    ckpt = meta["source"]["checkpoint"]
-    if (flagmodel or optimum) and not Path(ckpt).is_dir():
-        raise BgeExportError(f"the source checkpoint {ckpt} is gone; pass --no-flagmodel --no-optimum to time the "
-                             "bundles alone")
+    family = None
+    if flagmodel or optimum:
+        try:
+            family = family_from_manifest(meta)
+        except BgeExportError as exc:
+            raise BgeExportError(f"{exc}; the comparison needs the source checkpoint, or pass --no-flagmodel "
+                                 "--no-optimum to time the bundles alone") from None
     with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
-        return _run(contenders, meta, Path(workdir), bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log)
+        return _run(contenders, meta, family, Path(workdir), bundles, batches, seqs, repeats, warmup, flagmodel,
+                    optimum, log)
 
 
-def _run(contenders, meta, workdir, bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log):
+def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log):
     ckpt = meta["source"]["checkpoint"]
+    flops_of = get_family(meta["family"]).flops
     if flagmodel:
         log("loading FlagEmbedding FlagModel (fp32, CPU)")
-        contenders.append(_flagmodel_contender(ckpt, meta["variant"].get("pooling", "cls")))
+        contenders.append(_flagmodel_contender(family))
     if optimum:
         log("exporting the checkpoint with optimum (its default ONNX export, ORT CPU)")
         contenders.append(_optimum_contender(ckpt, workdir))
@@ -236,7 +234,7 @@ def _run(contenders, meta, workdir, bundles, batches, seqs, repeats, warmup, fla
                     t0 = time.perf_counter()
                     timed[k]()
                     samples[k].append(time.perf_counter() - t0)
-            flops = encoder_flops(meta["model"], b, s)
+            flops = flops_of(meta["model"], b, s)
             cell = []
             for (name, mode), xs in samples.items():
                 med = statistics.median(xs)

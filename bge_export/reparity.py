@@ -10,10 +10,9 @@ import json
 import numpy as np
 
 from bge_export import parity
-from bge_export.checkpoint import resolve_checkpoint
 from bge_export.compile import GOLDEN
 from bge_export.errors import BgeExportError
-from bge_export.families import get_family
+from bge_export.families import family_from_manifest
 from runtimes._optional import available
 from runtimes.bundle import open_bundle
 
@@ -21,19 +20,16 @@ from runtimes.bundle import open_bundle
 def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
-    family_cls = get_family(m.family)
-    src = m.data["source"]
     reason = None
     try:
-        ckpt = resolve_checkpoint(src["checkpoint"])
-        if ckpt.weights_sha256() != src["weights_sha256"]:
-            reason = f"the checkpoint at {ckpt.path} changed since the build (weights sha256 differs)"
+        family = family_from_manifest(m.data)
+        if family.ckpt.weights_sha256() != m.data["source"]["weights_sha256"]:
+            reason = f"the checkpoint at {family.ckpt.path} changed since the build (weights sha256 differs)"
     except BgeExportError as exc:
         reason = f"the source checkpoint is not available ({exc})"
     if reason is None and not available("FlagEmbedding"):
         reason = "FlagEmbedding is not installed (pip install 'bge-export[reference]')"
     if reason is None:
-        family = family_cls(ckpt, **family_cls.options_from_variant(m.data["variant"]))
         gated = (m.parity or {}).get("retrieval_gated", True)  # as decided at build time
         checks, _ = family.run_parity(bundle.path, m.precision, parity.parity_texts(), log=log, gate_retrieval=gated)
         title = f"{m.family} / {m.target} vs FlagEmbedding {m.runtime['api']}"

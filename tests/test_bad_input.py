@@ -209,8 +209,14 @@ def test_out_cannot_be_the_current_folder(capsys, tiny_ckpt, tmp_path, monkeypat
     _fails(capsys, ["--model", str(tiny_ckpt), "--out", "x/.."], "current folder")
 
 
-def test_bundle_is_readable_by_others(built):
-    assert (built.stat().st_mode & 0o055) == 0o055 and ((built / "model.onnx").stat().st_mode & 0o044) == 0o044
+def test_bundle_gets_normal_permissions(built):
+    """mkdtemp's private 0700 must not leak into the bundle: folders and files follow the umask."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert built.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (built / "model.onnx").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_config_missing_fields(capsys, tiny_ckpt, tmp_path):

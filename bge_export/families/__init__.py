@@ -1,9 +1,10 @@
 """The family registry: each family module registers one Family subclass at its definition site."""
 from __future__ import annotations
 
-from bge_export.families.base import FAMILIES, Family, TensorSpec, get_family, recognise, register_family
+from bge_export.families.base import (FAMILIES, Family, TensorSpec, family_from_manifest, get_family, recognise,
+                                      register_family)
 
 # Importing a family module registers it. Keep these imports light (no torch at module level).
 from bge_export.families import encoder as _encoder  # noqa: E402,F401
 
-__all__ = ["FAMILIES", "Family", "TensorSpec", "get_family", "recognise", "register_family"]
+__all__ = ["FAMILIES", "Family", "TensorSpec", "family_from_manifest", "get_family", "recognise", "register_family"]

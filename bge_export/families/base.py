@@ -65,6 +65,11 @@ class Family:
             raise UnsupportedFamilyError(f"family {self.name} takes no variant options, got {sorted(options)}")
         return {}
 
+    @classmethod
+    def flops(cls, model_info: dict, batch: int, seq: int) -> float:
+        """Nominal FLOPs of one forward at (batch, seq), from the manifest's model info (benchmarks)."""
+        raise NotImplementedError
+
     # The following are implemented per family.
     def model_info(self) -> dict: ...
     def inputs(self) -> list[TensorSpec]: ...
@@ -104,3 +109,12 @@ def recognise(ckpt: "Checkpoint") -> type[Family]:
             f"supported families: {supported_list()}"
         )
     raise UnsupportedFamilyError(f"{ckpt.path} matches several families ({[f.name for f in hits]}); this is ambiguous")
+
+
+def family_from_manifest(manifest: dict) -> Family:
+    """The family object a bundle was built from, on its source checkpoint (raises CheckpointError if it is gone)."""
+    from bge_export.checkpoint import resolve_checkpoint
+
+    family_cls = get_family(manifest["family"])
+    ckpt = resolve_checkpoint(manifest["source"]["checkpoint"])
+    return family_cls(ckpt, **family_cls.options_from_variant(manifest["variant"]))

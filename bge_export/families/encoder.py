@@ -94,6 +94,13 @@ class EncoderFamily(Family):
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
 
+    @classmethod
+    def flops(cls, model_info: dict, batch: int, seq: int) -> float:
+        """Matmuls (QKV, output, FFN) and attention of the full encoder; the CLS-only last layer is not discounted."""
+        h, i, layers = model_info["hidden_size"], model_info["intermediate_size"], model_info["num_hidden_layers"]
+        per_token_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h
+        return float(batch * seq * layers * per_token_layer)
+
     def max_sequence_length(self) -> int:
         c = self.ckpt.config
         if c["model_type"] == "xlm-roberta":  # positions start after the padding index
