@@ -220,8 +220,8 @@ def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log, gate_retrieval:
     require("FlagEmbedding")
     checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
-    (tmp / GOLDEN).write_text(json.dumps({"texts": list(golden["texts"]), "reference": golden["reference"].tolist(),
-                                          "precision": tgt.precision}, ensure_ascii=False), encoding="utf-8")
+    sample = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in golden.items() if k != "n_texts"}
+    (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": tgt.precision}, ensure_ascii=False), encoding="utf-8")
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
     report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],

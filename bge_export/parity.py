@@ -33,6 +33,11 @@ TOLERANCES: dict[tuple[str, str, str], tuple[Tolerance, ...]] = {
     # the bundle's stored reference sample (bge-export parity without the checkpoint)
     ("encoder", "golden", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
     ("encoder", "golden", "int8"): (Tolerance("cosine_mean", 0.99, True),),
+    ("cross-encoder", "tokens", "*"): (Tolerance("mismatched_pairs", 0, False),),
+    ("cross-encoder", "score", "fp32"): (Tolerance("max_abs", 1e-4, False),),
+    ("cross-encoder", "score", "int8"): (Tolerance("spearman", 0.95, True),),
+    ("cross-encoder", "golden", "fp32"): (Tolerance("max_abs", 1e-4, False),),
+    ("cross-encoder", "golden", "int8"): (Tolerance("spearman", 0.95, True),),
 }
 
 
@@ -124,6 +129,21 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-30)
 
 
+def spearman(a, b) -> float:
+    """Spearman rank correlation (average ranks for ties), without scipy."""
+    def ranks(x):
+        x = np.asarray(x, dtype=np.float64)
+        r = np.empty(len(x))
+        r[np.argsort(x, kind="mergesort")] = np.arange(len(x), dtype=np.float64)
+        _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+        return (np.bincount(inv, weights=r) / counts)[inv]
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else 1.0
+
+
 def topk_overlap(q_ref, c_ref, q_got, c_got, k: int = 10) -> float:
     """Mean fraction of the reference's top-k documents per query that the engine also ranks in its top-k."""
     top_ref = np.argsort(-(q_ref @ c_ref.T), axis=1)[:, :k]
@@ -198,4 +218,66 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
              "reference_self_max_abs": "FlagModel batch 1 vs batch 32"}
     checks += gate(family.name, "dense", precision, values, notes, gate_retrieval=gate_retrieval)
     golden = {"texts": list(edge), "reference": ref_all[: len(edge)], "n_texts": len(everything)}
+    return checks, golden
+
+
+def encoder_golden_values(model, sample: dict) -> dict:
+    ref = np.asarray(sample["reference"], dtype=np.float32)
+    got = model.encode(sample["texts"])
+    cos = cosine_rows(ref, got)
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
+
+
+# --- the cross-encoder family ---------------------------------------------------------------------------
+
+def rerank_pairs(texts: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """(pairs, edge pairs): every query with 8 passages spread over the corpus, and each edge case as a query
+    and as a passage (empty strings, emoji, CJK, a query longer than 3/4 max_length, a passage beyond max_length)."""
+    queries, corpus, edge = texts["queries"], texts["corpus"], texts["edge_cases"]
+    pairs = [[q, corpus[(7 * i + 31 * j) % len(corpus)]] for i, q in enumerate(queries) for j in range(8)]
+    edge_pairs = [[e, corpus[i % len(corpus)]] for i, e in enumerate(edge)] + [[queries[i % len(queries)], e]
+                                                                             for i, e in enumerate(edge)]
+    return pairs, edge_pairs
+
+
+def cross_encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
+    """FlagReranker vs runtimes.load(bundle).compute_score; returns (checks, golden sample)."""
+    import runtimes
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    reference = family.reference()
+    model = runtimes.load(bundle_path, batch_size=16)
+    pairs, edge_pairs = rerank_pairs(texts)
+    everything = pairs + edge_pairs
+    n = model.max_length
+
+    # 1. pair token ids: the runtime against FlagReranker's own construction (at max_length and a short one)
+    tok = reference.tokenizer
+    mismatched = 0
+    for ml in (n, 32):
+        qml = ml * 3 // 4
+        q_ids = tok([q for q, _ in everything], add_special_tokens=False, max_length=qml, truncation=True)["input_ids"]
+        p_ids = tok([p for _, p in everything], add_special_tokens=False, max_length=ml, truncation=True)["input_ids"]
+        want = [prepare_for_model_compat(tok, q, p, truncation="only_second", max_length=ml, padding=False)["input_ids"]
+                for q, p in zip(q_ids, p_ids)]
+        got = [e.ids for e in model.tokenizer.encode_pairs([q for q, _ in everything], [p for _, p in everything], qml, ml)]
+        mismatched += sum(w != g for w, g in zip(want, got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
+
+    # 2. scores, at max_length and at a short max_length that truncates most pairs
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
+    with quiet_stderr():
+        ref = np.asarray(reference.compute_score(everything, batch_size=32, max_length=n))
+        ref_short = np.asarray(reference.compute_score(edge_pairs, max_length=32))
+        ref_single = np.asarray(reference.compute_score(edge_pairs, batch_size=1, max_length=n))
+    got = np.asarray(model.compute_score(everything))
+    got_short = np.asarray(model.compute_score(edge_pairs, max_length=32))
+    r, g = np.concatenate([ref, ref_short]), np.concatenate([got, got_short])
+    values = {"max_abs": float(np.abs(r - g).max()), "spearman": spearman(r, g),
+              "score_spread": float(r.max() - r.min()),
+              "reference_self_max_abs": float(np.abs(ref_single - ref[len(pairs):]).max())}
+    notes = {"score_spread": "max - min of the reference scores",
+             "reference_self_max_abs": "FlagReranker batch 1 vs batch 32"}
+    checks += gate(family.name, "score", precision, values, notes)
+    golden = {"pairs": edge_pairs, "reference": ref[len(pairs):], "n_texts": len(everything)}
     return checks, golden

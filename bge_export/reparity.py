@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from bge_export import parity
 from bge_export.compile import GOLDEN
 from bge_export.errors import BgeExportError
-from bge_export.families import family_from_manifest
+from bge_export.families import family_from_manifest, get_family
 from runtimes._optional import available
 from runtimes.bundle import open_bundle
 
@@ -53,8 +51,5 @@ def golden_checks(bundle) -> tuple[list, int]:
                              "available; install bge-export[reference] and keep the source checkpoint")
     sample = json.loads(path.read_text(encoding="utf-8"))
     model = runtimes.load(bundle.path, verify=False)  # open_bundle above already hashed every file
-    ref = np.asarray(sample["reference"], dtype=np.float32)
-    got = model.encode(sample["texts"])
-    cos = parity.cosine_rows(ref, got)
-    values = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
-    return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["texts"])
+    values = get_family(bundle.manifest.family).golden_values(model, sample)
+    return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["reference"])

@@ -74,3 +74,33 @@ def not_a_bge_checkpoint(folder: Path) -> Path:
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     (folder / "model.safetensors").write_bytes(b"\0" * 16)
     return folder
+
+
+def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3) -> Path:
+    """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
+    import torch
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    xlmr_tokenizer(folder)
+    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=0.5, num_labels=1)
+    XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
+def tiny_bert_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=4) -> Path:
+    """A BERT cross-encoder: BertForSequenceClassification with one label and the real WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=intermediate, type_vocab_size=2, initializer_range=0.5, num_labels=1)
+    BertForSequenceClassification(cfg).eval().save_pretrained(str(folder))
+    src = real_minilm()
+    for name in BERT_TOKENIZER_FILES:
+        shutil.copyfile(src / name, folder / name)
+    return folder

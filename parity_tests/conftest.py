@@ -14,7 +14,10 @@ CASES = {
     "bert-48h3-l3-pos128": lambda d: ck.tiny_bert(d / "bert-other", hidden=48, layers=3, heads=3, intermediate=96,
                                                    max_positions=128, seed=1),
     "xlmr-64h8-l3": lambda d: ck.tiny_xlmr(d / "xlmr-other", hidden=64, layers=3, heads=8, intermediate=128, seed=2),
+    "tiny-reranker-xlmr": lambda d: ck.tiny_xlmr_reranker(d / "bge-reranker-v2-m3"),
+    "tiny-reranker-bert": lambda d: ck.tiny_bert_reranker(d / "bert-cross-encoder"),
 }
+FAMILY_OF_CASE = {case: ("cross-encoder" if "reranker" in case else "encoder") for case in CASES}
 
 RESULTS: dict[tuple[str, str], dict] = {}  # (case, target) -> parity report, for the summary table
 
@@ -74,12 +77,23 @@ def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     tr = terminalreporter
-    tr.section("parity summary (vs FlagEmbedding FlagModel, fp32 CPU)")
+    tr.section("parity summary (vs FlagEmbedding, fp32 CPU)")
     tr.write_line("| checkpoint | target | cosine min | cosine mean | max abs | top-10 overlap | FlagModel self-noise | gate |")
     tr.write_line("|---|---|---|---|---|---|---|---|")
+    rerank = []
     for (case, target), rep in RESULTS.items():
         v = {c["metric"]: c["value"] for c in rep["checks"]}
+        ok = "pass" if rep["passed"] else "FAIL"
+        if "spearman" in v:
+            rerank.append(f"| {case} | {target} | {v['max_abs']:.2g} | {v['score_spread']:.3g} | {v['spearman']:.4f} | "
+                          f"{v['reference_self_max_abs']:.2g} | {ok} |")
+            continue
         gated = "" if rep.get("retrieval_gated", True) else " (not gated)"
         tr.write_line(f"| {case} | {target} | {v['cosine_min']:.6f} | {v['cosine_mean']:.6f} | {v['max_abs']:.2g} | "
-                      f"{v['top10_overlap']:.3f}{gated} | {v['reference_self_max_abs']:.2g} | "
-                      f"{'pass' if rep['passed'] else 'FAIL'} |")
+                      f"{v['top10_overlap']:.3f}{gated} | {v['reference_self_max_abs']:.2g} | {ok} |")
+    if rerank:
+        tr.write_line("")
+        tr.write_line("| checkpoint | target | score max abs | score spread | Spearman | FlagReranker self-noise | gate |")
+        tr.write_line("|---|---|---|---|---|---|---|")
+        for line in rerank:
+            tr.write_line(line)

@@ -19,6 +19,7 @@ __all__ = ["load", "open_bundle", "BgeError", "BundleError", "IncompatibleBundle
 # family -> (FlagEmbedding API it mirrors, "module:Class")
 RUNTIME_APIS = {
     "encoder": ("FlagModel", "runtimes.encoder:EncoderModel"),
+    "cross-encoder": ("FlagReranker", "runtimes.reranker:CrossEncoderModel"),
 }
 
 

@@ -5,11 +5,29 @@ import numpy as np
 
 from runtimes.backends import get_backend_class
 from runtimes.bundle import Bundle
-from runtimes.errors import InputError
+from runtimes.errors import IncompatibleBundleError, InputError
 from runtimes.tokenizer import Tokenizer
 
 
+# Public methods of FlagEmbedding's classes -> the class, so that calling one on a bundle of another family
+# says what the bundle is instead of raising a bare AttributeError.
+API_METHODS = {
+    "encode": "FlagModel", "encode_queries": "FlagModel", "encode_corpus": "FlagModel",
+    "compute_score": "FlagReranker",
+}
+
+
 class BundleModel:
+    def __getattr__(self, name: str):
+        if name in API_METHODS and "manifest" in self.__dict__:
+            m = self.__dict__["manifest"]
+            raise IncompatibleBundleError(
+                f"{name}() belongs to FlagEmbedding's {API_METHODS[name]} API, but this bundle is a {m.family} "
+                f"bundle with the {m.runtime['api']} API ({type(self).__name__}); load a bundle built from a "
+                f"{API_METHODS[name]} checkpoint, or use this one's own methods"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __init__(self, bundle: Bundle, *, backend_options: dict | None = None):
         m = bundle.manifest
         self.bundle = bundle
@@ -90,7 +108,10 @@ class BundleModel:
 
     def run_sorted(self, texts: list[str], batch_size: int, max_length: int, *, output: str) -> np.ndarray:
         """Tokenize, sort by descending length, run padded batches, and return ``output`` in input order."""
-        encoded = self.tokenizer.encode(texts, max_length)
+        return self.run_encoded(self.tokenizer.encode(texts, max_length), batch_size, output=output)
+
+    def run_encoded(self, encoded, batch_size: int, *, output: str) -> np.ndarray:
+        """Sort token sequences by descending length, run padded batches, return ``output`` in input order."""
         order = np.argsort([-len(e.ids) for e in encoded], kind="stable")
         chunks = []
         for start in range(0, len(order), batch_size):

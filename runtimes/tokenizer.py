@@ -49,6 +49,23 @@ class Tokenizer:
         encodings = self._for_length(max_length).encode_batch(texts, add_special_tokens=True)
         return [Encoded(e.ids, e.type_ids) for e in encodings]
 
+    def encode_pairs(self, queries: list[str], passages: list[str], query_max_length: int, max_length: int) -> list[Encoded]:
+        """FlagReranker's pair building: the query cut to ``query_max_length`` and the passage to ``max_length``
+        (both without special tokens), then the pair framed by the tokenizer's template and cut to ``max_length``
+        by shortening the passage only ('only_second'; left alone if the passage is too short to absorb it)."""
+        q_tok, p_tok = self._for_length(query_max_length), self._for_length(max_length)
+        qs = q_tok.encode_batch(queries, add_special_tokens=False)
+        ps = p_tok.encode_batch(passages, add_special_tokens=False)
+        special = p_tok.num_special_tokens_to_add(is_pair=True)
+        out = []
+        for q, p in zip(qs, ps):
+            excess = len(q.ids) + len(p.ids) + special - max_length
+            if 0 < excess < len(p.ids):
+                p.truncate(len(p.ids) - excess, direction=self.truncation_side)
+            pair = p_tok.post_process(q, p, add_special_tokens=True)
+            out.append(Encoded(pair.ids, pair.type_ids))
+        return out
+
     def pad(self, batch: list[Encoded]) -> dict[str, np.ndarray]:
         """Pad to the longest member: input_ids, attention_mask, token_type_ids (int64, (B, L))."""
         n, length = len(batch), max(len(e.ids) for e in batch)

@@ -73,6 +73,11 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
     fused_dir = out_dir / "_fused"
     fused_dir.mkdir()
     fused = fuse(exported, fused_dir, family, log)
+    # The quantizer re-runs ONNX shape inference; shapes the fusion pass recorded for intermediate values can
+    # conflict with it (seen on reranker heads: (batch, 1) vs (batch, 32)). They are hints only: drop them.
+    proto = onnx.load(str(fused_dir / MODEL), load_external_data=False)
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(fused_dir / MODEL))
     start = time.perf_counter()
     quant.quantize_dynamic(
         str(fused_dir / MODEL), str(out_dir / MODEL),

@@ -70,3 +70,39 @@ class EncoderPooler(nn.Module):
         ffn = layer.output
         y = ffn.LayerNorm(ffn.dense(layer.intermediate(a)) + a)
         return y[:, 0]
+
+
+class CrossEncoderScorer(nn.Module):
+    """BERT / XLM-R sequence classifier with one label -> ``score (batch,)``, the relevance logit.
+
+    The classification heads read only the CLS row, so the backbone runs through EncoderPooler (with the
+    CLS-only last layer when allowed) and the head is applied to that row.
+    """
+
+    def __init__(self, model: nn.Module, *, cls_only_last_layer: bool):
+        super().__init__()
+        self.kind = model.config.model_type
+        base = model.roberta if self.kind == "xlm-roberta" else model.bert
+        self.bert_pooler = base.pooler if self.kind == "bert" else None
+        self.encoder = EncoderPooler(base, pooling="cls", cls_only_last_layer=cls_only_last_layer)
+        self.classifier = model.classifier
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, *, cls_only_last_layer: bool) -> "CrossEncoderScorer":
+        from transformers import AutoModelForSequenceClassification
+
+        from bge_export.errors import CheckpointError
+
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), dtype=torch.float32, attn_implementation="sdpa")
+        except Exception as exc:  # any failure to read the user's weight files
+            raise CheckpointError(f"{path}: the weights do not load ({type(exc).__name__}: {str(exc)[:300]}); "
+                                  "restore them from the original checkpoint") from None
+        return cls(model.eval(), cls_only_last_layer=cls_only_last_layer).eval()
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        cls_row = self.encoder(input_ids, attention_mask, token_type_ids)[:, None, :]
+        if self.bert_pooler is not None:  # BERT: pooler (dense + tanh on the CLS row), then the classifier
+            return self.classifier(self.bert_pooler(cls_row))[:, 0]
+        return self.classifier(cls_row)[:, 0]  # XLM-R: the head reads features[:, 0] itself

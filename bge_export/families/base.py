@@ -39,10 +39,11 @@ class Family:
     description: ClassVar[str]
     checkpoints: ClassVar[tuple[str, ...]]  # known hub ids of this family
     targets: ClassVar[tuple[str, ...]]  # targets this family can be built for
+    parity_outputs: ClassVar[tuple[str, ...]]  # the outputs its parity checks (rows of the tolerance table)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        for attr in ("name", "reference_api", "description", "checkpoints", "targets"):
+        for attr in ("name", "reference_api", "description", "checkpoints", "targets", "parity_outputs"):
             if not hasattr(cls, attr):
                 raise TypeError(f"family class {cls.__name__} must define '{attr}'")
 
@@ -68,6 +69,11 @@ class Family:
     @classmethod
     def flops(cls, model_info: dict, batch: int, seq: int) -> float:
         """Nominal FLOPs of one forward at (batch, seq), from the manifest's model info (benchmarks)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def golden_values(model, sample: dict) -> dict:
+        """Statistics of the runtime ``model`` against the bundle's stored reference sample."""
         raise NotImplementedError
 
     # The following are implemented per family.

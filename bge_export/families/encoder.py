@@ -33,6 +33,7 @@ class EncoderFamily(Family):
         "BAAI/bge-small-zh", "BAAI/bge-base-zh", "BAAI/bge-large-zh", "BAAI/llm-embedder",
     )
     targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+    parity_outputs = ("tokens", "dense", "golden")
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -131,3 +132,9 @@ class EncoderFamily(Family):
         from bge_export.parity import encoder_parity
 
         return encoder_parity(self, bundle_path, precision, texts, log=log, gate_retrieval=gate_retrieval)
+
+    @staticmethod
+    def golden_values(model, sample: dict) -> dict:
+        from bge_export.parity import encoder_golden_values
+
+        return encoder_golden_values(model, sample)

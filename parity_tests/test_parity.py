@@ -1,4 +1,4 @@
-"""Every encoder case x target against FlagEmbedding's FlagModel (fp32, CPU)."""
+"""Every case x target against its FlagEmbedding reference (fp32, CPU): FlagModel, FlagReranker."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,7 @@ import runtimes
 from bge_export.build.targets import TARGETS
 from bge_export.families import FAMILIES
 from bge_export.parity import TOLERANCES
-from parity_tests.conftest import CASES
-
-ENCODER_TARGETS = FAMILIES["encoder"].targets
+from parity_tests.conftest import CASES, FAMILY_OF_CASE
 
 
 # Random weights at initializer_range 0.5 with hidden 48 / 3 heads give attention logits so large that softmax is
@@ -21,8 +19,7 @@ ENCODER_TARGETS = FAMILIES["encoder"].targets
 HYPERSENSITIVE = {("bert-48h3-l3-pos128", "ort-cpu-int8")}
 
 
-@pytest.mark.parametrize("target", ENCODER_TARGETS)
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case, target", [(c, t) for c in CASES for t in FAMILIES[FAMILY_OF_CASE[c]].targets])
 def test_parity(bundle, case, target):
     if (case, target) in HYPERSENSITIVE:
         pytest.skip("covered by test_gate_fails_on_a_hypersensitive_checkpoint")
@@ -56,12 +53,16 @@ def test_int8_really_is_quantized(bundle):
 
 
 def test_every_family_target_has_a_case_and_tolerance_rows():
+    from parity_tests.conftest import CASES, FAMILY_OF_CASE
+
     for name, fam in FAMILIES.items():
+        assert name in set(FAMILY_OF_CASE.values()), f"family {name} has no parity case"
         for target in fam.targets:
             assert target in TARGETS
             precision = TARGETS[target].precision
-            assert (name, "dense", precision) in TOLERANCES, (name, target)
-            assert (name, "golden", precision) in TOLERANCES, (name, target)
+            for output in fam.parity_outputs:
+                assert (name, output, precision) in TOLERANCES or (name, output, "*") in TOLERANCES, (name, output)
+    assert set(FAMILY_OF_CASE) == set(CASES)
 
 
 def test_fusions_fired_on_ort_cpu(bundle):

@@ -1,0 +1,89 @@
+"""Cross-encoder rerankers: bge-reranker-base / -large / -v2-m3 (XLM-R) and BERT cross-encoders.
+
+Reference: FlagEmbedding ``FlagReranker`` (pair building with 'only_second' truncation, optional sigmoid).
+Graph: ``score (batch,)``, the single classification logit of each pair.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_export.errors import CheckpointError, UnsupportedFamilyError
+from bge_export.families.base import Family, TensorSpec, register_family
+from bge_export.families.encoder import REQUIRED_CONFIG, TOKENIZER_FILES, EncoderFamily
+
+ARCHITECTURES = {"bert": "BertForSequenceClassification", "xlm-roberta": "XLMRobertaForSequenceClassification"}
+
+
+@register_family
+class CrossEncoderFamily(Family):
+    name = "cross-encoder"
+    reference_api = "FlagReranker"
+    description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
+    checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
+    targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+    parity_outputs = ("tokens", "score", "golden")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        mtype = ckpt.config.get("model_type")
+        return mtype in ARCHITECTURES and ckpt.config.get("architectures") == [ARCHITECTURES[mtype]]
+
+    def __init__(self, ckpt, **variant_options):
+        missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
+        if missing:
+            raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
+        labels = len(ckpt.config.get("id2label") or {"0": ""})
+        if labels != 1:
+            raise UnsupportedFamilyError(f"{ckpt.path} is a sequence classifier with {labels} labels; BGE rerankers "
+                                         "have exactly one (a relevance logit)")
+        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                                  "tokenizer files of the original checkpoint next to the weights")
+        super().__init__(ckpt, **variant_options)
+
+    def make_variant(self, **options: Any) -> dict:
+        if options.get("pooling") is not None:
+            raise UnsupportedFamilyError("--pooling does not apply to cross-encoders (they score the CLS token)")
+        cfg = self.ckpt.config
+        return {"architecture": cfg["model_type"],
+                "cls_only_last_layer": cfg.get("position_embedding_type", "absolute") == "absolute"}
+
+    # the encoder's data applies unchanged: same backbones, inputs and position limits
+    model_info = EncoderFamily.model_info
+    max_sequence_length = EncoderFamily.max_sequence_length
+    inputs = EncoderFamily.inputs
+    uses_token_type_ids = EncoderFamily.uses_token_type_ids
+    flops = EncoderFamily.flops
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("score", "float32", ("batch",))]
+
+    def runtime_defaults(self) -> dict:
+        return {"max_length": min(512, self.max_sequence_length())}
+
+    def torch_module(self, *, reference: bool = False):
+        from bge_export.export.wrappers import CrossEncoderScorer
+
+        return CrossEncoderScorer.from_checkpoint(
+            self.ckpt.path, cls_only_last_layer=self.variant["cls_only_last_layer"] and not reference)
+
+    def reference(self, **kwargs):
+        from runtimes._optional import require
+
+        flag = require("FlagEmbedding")
+        return flag.FlagReranker(str(self.ckpt.path), use_fp16=False, devices="cpu", **kwargs)
+
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
+        from bge_export.parity import cross_encoder_parity
+
+        return cross_encoder_parity(self, bundle_path, precision, texts, log=log)
+
+    @staticmethod
+    def golden_values(model, sample: dict) -> dict:
+        from bge_export.parity import spearman
+
+        got = model.compute_score([list(p) for p in sample["pairs"]])
+        import numpy as np
+
+        ref = np.asarray(sample["reference"], dtype=np.float64)
+        return {"max_abs": float(np.abs(np.asarray(got) - ref).max()), "spearman": spearman(ref, np.asarray(got))}
