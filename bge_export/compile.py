@@ -187,7 +187,7 @@ def _save_tokenizer(ckpt: Checkpoint, folder: Path):
 
 def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
     info = family.model_info()
-    sizes = {"hidden": info["hidden_size"]}
+    sizes = {"hidden": info["hidden_size"], "colbert": info.get("colbert_dim")}
     return {
         "bge_export_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

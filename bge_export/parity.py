@@ -33,6 +33,18 @@ TOLERANCES: dict[tuple[str, str, str], tuple[Tolerance, ...]] = {
     # the bundle's stored reference sample (bge-export parity without the checkpoint)
     ("encoder", "golden", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
     ("encoder", "golden", "int8"): (Tolerance("cosine_mean", 0.99, True),),
+    ("m3", "tokens", "*"): (Tolerance("mismatched_texts", 0, False), Tolerance("mismatched_decodes", 0, False)),
+    ("m3", "dense", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
+    ("m3", "dense", "int8"): (Tolerance("cosine_mean", 0.99, True),),
+    # key_mismatch: ids present on one side only with a weight above 1e-4 (a ReLU at exactly 0 may flip)
+    ("m3", "sparse", "fp32"): (Tolerance("key_mismatch", 0, False), Tolerance("max_abs", 1e-4, False)),
+    ("m3", "sparse", "int8"): (Tolerance("top10_key_overlap", 0.9, True),),
+    ("m3", "colbert", "fp32"): (Tolerance("length_mismatch", 0, False), Tolerance("max_abs", 1e-4, False)),
+    ("m3", "colbert", "int8"): (Tolerance("length_mismatch", 0, False), Tolerance("cosine_mean", 0.99, True)),
+    ("m3", "scores", "fp32"): (Tolerance("max_abs", 1e-4, False),),
+    ("m3", "scores", "int8"): (Tolerance("spearman", 0.95, True),),
+    ("m3", "golden", "fp32"): (Tolerance("cosine_min", 0.99999, True), Tolerance("max_abs", 1e-4, False)),
+    ("m3", "golden", "int8"): (Tolerance("cosine_mean", 0.99, True),),
     ("cross-encoder", "tokens", "*"): (Tolerance("mismatched_pairs", 0, False),),
     ("cross-encoder", "score", "fp32"): (Tolerance("max_abs", 1e-4, False),),
     ("cross-encoder", "score", "int8"): (Tolerance("spearman", 0.95, True),),
@@ -280,4 +292,95 @@ def cross_encoder_parity(family, bundle_path: Path, precision: str, texts: dict,
              "reference_self_max_abs": "FlagReranker batch 1 vs batch 32"}
     checks += gate(family.name, "score", precision, values, notes)
     golden = {"pairs": edge_pairs, "reference": ref[len(pairs):], "n_texts": len(everything)}
+    return checks, golden
+
+
+# --- the m3 family --------------------------------------------------------------------------------------
+
+def m3_golden_values(model, sample: dict) -> dict:
+    ref = np.asarray(sample["reference"], dtype=np.float32)
+    got = model.encode(sample["texts"])["dense_vecs"]
+    cos = cosine_rows(ref, got)
+    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
+
+
+def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
+    key_mismatch, raw_mismatch, max_abs, overlaps = 0, 0, 0.0, []
+    for r, g in zip(ref, got):
+        only = set(r) ^ set(g)
+        raw_mismatch += len(only)
+        key_mismatch += sum(1 for k in only if float(r.get(k, g.get(k, 0))) > 1e-4)
+        for k in set(r) & set(g):
+            max_abs = max(max_abs, abs(float(r[k]) - float(g[k])))
+        top_r = {k for k, _ in sorted(r.items(), key=lambda kv: -kv[1])[:10]}
+        top_g = {k for k, _ in sorted(g.items(), key=lambda kv: -kv[1])[:10]}
+        if top_r:
+            overlaps.append(len(top_r & top_g) / len(top_r))
+    return {"key_mismatch": key_mismatch, "raw_key_mismatch": raw_mismatch, "max_abs": max_abs,
+            "top10_key_overlap": float(np.mean(overlaps)) if overlaps else 1.0}
+
+
+def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
+    """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
+    import runtimes
+    from transformers import AutoTokenizer
+
+    reference = family.reference()
+    model = runtimes.load(bundle_path, batch_size=16)
+    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
+    everything = edge + queries + corpus[:120]
+    n = model.passage_max_length
+
+    hf = AutoTokenizer.from_pretrained(str(family.ckpt.path))
+    mismatched = 0
+    for max_len in (n, 16):
+        want = hf(everything, truncation=True, max_length=max_len)["input_ids"]
+        got_ids = [e.ids for e in model.tokenizer.encode(everything, max_len)]
+        mismatched += sum(w != g for w, g in zip(want, got_ids))
+
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
+    heads = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
+    with quiet_stderr():
+        ref = reference.encode(everything, batch_size=32, max_length=n, **heads)
+        ref_short = reference.encode(edge, max_length=16, **heads)
+        ref_single = reference.encode(edge, batch_size=1, max_length=n, return_dense=True)["dense_vecs"]
+    got = model.encode(everything, max_length=n, **heads)
+    got_short = model.encode(edge, max_length=16, **heads)
+    decode_ref = reference.convert_id_to_token(ref["lexical_weights"][:40])  # the same dicts on both sides
+    decode_got = model.convert_id_to_token(ref["lexical_weights"][:40])
+    mismatched_decodes = sum(set(a) != set(b) for a, b in zip(decode_ref, decode_got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_texts": mismatched, "mismatched_decodes": mismatched_decodes})
+
+    d_ref = np.concatenate([ref["dense_vecs"], ref_short["dense_vecs"]])
+    d_got = np.concatenate([got["dense_vecs"], got_short["dense_vecs"]])
+    cos = cosine_rows(d_ref, d_got)
+    checks += gate(family.name, "dense", precision, {
+        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(d_ref - d_got).max()),
+        "reference_self_max_abs": float(np.abs(ref_single - ref["dense_vecs"][:len(edge)]).max())})
+
+    sparse = _sparse_stats(ref["lexical_weights"] + ref_short["lexical_weights"],
+                           got["lexical_weights"] + got_short["lexical_weights"])
+    checks += gate(family.name, "sparse", precision, sparse, {"raw_key_mismatch": "ids on one side only, any weight"})
+
+    c_ref = ref["colbert_vecs"] + ref_short["colbert_vecs"]
+    c_got = got["colbert_vecs"] + got_short["colbert_vecs"]
+    same = [(a, b) for a, b in zip(c_ref, c_got) if a.shape == b.shape]
+    c_cos = np.concatenate([cosine_rows(a, b) for a, b in same if len(a)])
+    checks += gate(family.name, "colbert", precision, {
+        "length_mismatch": len(c_ref) - len(same),
+        "max_abs": float(max(np.abs(a - b).max() for a, b in same if len(a))),
+        "cosine_mean": float(c_cos.mean()), "cosine_min": float(c_cos.min())})
+
+    pairs, edge_pairs = rerank_pairs(texts)
+    pairs = pairs[:96] + edge_pairs
+    weights = [0.4, 0.2, 0.4]
+    with quiet_stderr():
+        s_ref = reference.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
+    s_got = model.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
+    diffs = {k: float(np.abs(np.asarray(s_ref[k]) - np.asarray(s_got[k])).max()) for k in s_ref}
+    checks += gate(family.name, "scores", precision, {
+        "max_abs": max(diffs.values()),
+        "spearman": spearman(s_ref["colbert+sparse+dense"], s_got["colbert+sparse+dense"]),
+        "worst_kind_is_" + max(diffs, key=diffs.get).replace("+", "_"): max(diffs.values())})
+    golden = {"texts": list(edge), "reference": ref["dense_vecs"][:len(edge)], "n_texts": len(everything) + len(pairs)}
     return checks, golden

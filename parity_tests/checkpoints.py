@@ -104,3 +104,17 @@ def tiny_bert_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermedia
     for name in BERT_TOKENIZER_FILES:
         shutil.copyfile(src / name, folder / name)
     return folder
+
+
+def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5) -> Path:
+    """bge-m3 layout: XLMRobertaModel + colbert_linear.pt + sparse_linear.pt (plain state_dicts)."""
+    import torch
+
+    tiny_xlmr(folder, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, seed=seed)
+    torch.manual_seed(seed + 100)
+    colbert = torch.nn.Linear(hidden, colbert_dim or hidden)
+    sparse = torch.nn.Linear(hidden, 1)
+    torch.nn.init.normal_(sparse.weight, std=0.5)  # about half the tokens get a positive weight
+    torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
+    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
+    return folder

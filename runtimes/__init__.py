@@ -20,6 +20,7 @@ __all__ = ["load", "open_bundle", "BgeError", "BundleError", "IncompatibleBundle
 RUNTIME_APIS = {
     "encoder": ("FlagModel", "runtimes.encoder:EncoderModel"),
     "cross-encoder": ("FlagReranker", "runtimes.reranker:CrossEncoderModel"),
+    "m3": ("BGEM3FlagModel", "runtimes.m3:M3Model"),
 }
 
 

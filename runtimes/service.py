@@ -13,7 +13,8 @@ from runtimes.tokenizer import Tokenizer
 # says what the bundle is instead of raising a bare AttributeError.
 API_METHODS = {
     "encode": "FlagModel", "encode_queries": "FlagModel", "encode_corpus": "FlagModel",
-    "compute_score": "FlagReranker",
+    "compute_score": "FlagReranker", "compute_lexical_matching_score": "BGEM3FlagModel",
+    "colbert_score": "BGEM3FlagModel", "convert_id_to_token": "BGEM3FlagModel",
 }
 
 

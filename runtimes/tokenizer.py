@@ -49,6 +49,15 @@ class Tokenizer:
         encodings = self._for_length(max_length).encode_batch(texts, add_special_tokens=True)
         return [Encoded(e.ids, e.type_ids) for e in encodings]
 
+    def decode_one(self, token_id: int, clean_up_tokenization_spaces: bool) -> str:
+        """``tokenizer.decode([token_id])`` as transformers does it (special tokens kept)."""
+        text = self._for_length(1 << 30).decode([token_id], skip_special_tokens=False)
+        if clean_up_tokenization_spaces:  # transformers' clean_up_tokenization
+            for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+                text = text.replace(a, b)
+        return text
+
     def encode_pairs(self, queries: list[str], passages: list[str], query_max_length: int, max_length: int) -> list[Encoded]:
         """FlagReranker's pair building: the query cut to ``query_max_length`` and the passage to ``max_length``
         (both without special tokens), then the pair framed by the tokenizer's template and cut to ``max_length``

@@ -106,3 +106,43 @@ class CrossEncoderScorer(nn.Module):
         if self.bert_pooler is not None:  # BERT: pooler (dense + tanh on the CLS row), then the classifier
             return self.classifier(self.bert_pooler(cls_row))[:, 0]
         return self.classifier(cls_row)[:, 0]  # XLM-R: the head reads features[:, 0] itself
+
+
+class M3Heads(nn.Module):
+    """bge-m3: XLM-R backbone + the two extra linear heads -> three raw outputs, un-normalised.
+
+    dense_vecs (B, H): the CLS row. token_weights (B, L): relu(sparse_linear(h)), per token, not aggregated.
+    colbert_vecs (B, L, D): colbert_linear(h) * mask for every position; the host drops row 0 (CLS) as
+    FlagEmbedding does (it applies the head to h[:, 1:]), so one graph serves every slicing.
+    """
+
+    def __init__(self, model: nn.Module, colbert: nn.Linear, sparse: nn.Linear):
+        super().__init__()
+        self.model, self.colbert, self.sparse = model, colbert, sparse
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> "M3Heads":
+        from transformers import AutoModel
+
+        from bge_export.errors import CheckpointError
+
+        path = Path(path)
+        try:
+            model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
+            heads = {name: torch.load(path / f"{name}_linear.pt", map_location="cpu", weights_only=True)
+                     for name in ("colbert", "sparse")}
+            hidden = model.config.hidden_size
+            colbert = nn.Linear(hidden, heads["colbert"]["weight"].shape[0])
+            colbert.load_state_dict(heads["colbert"])
+            sparse = nn.Linear(hidden, 1)
+            sparse.load_state_dict(heads["sparse"])
+        except Exception as exc:  # the user's weight files: unreadable, pickled objects, wrong shapes
+            raise CheckpointError(f"{path}: the weights or the M3 head files do not load ({type(exc).__name__}: "
+                                  f"{str(exc)[:300]}); restore them from the original checkpoint") from None
+        return cls(model.eval(), colbert.eval(), sparse.eval()).eval()
+
+    def forward(self, input_ids, attention_mask):
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        token_weights = torch.relu(self.sparse(h)).squeeze(-1)
+        colbert = self.colbert(h) * attention_mask[:, :, None].to(h.dtype)
+        return h[:, 0], token_weights, colbert

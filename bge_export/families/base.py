@@ -9,7 +9,7 @@ from bge_export.errors import UnsupportedFamilyError
 if TYPE_CHECKING:  # pragma: no cover
     from bge_export.checkpoint import Checkpoint
 
-AXES = ("batch", "sequence", "hidden")
+AXES = ("batch", "sequence", "hidden", "colbert")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class TensorSpec:
 
     def to_json(self, sizes: dict[str, int] | None = None) -> dict:
         sizes = sizes or {}
-        return {"name": self.name, "dtype": self.dtype, "axes": [sizes.get(a, a) if a == "hidden" else a for a in self.axes]}
+        return {"name": self.name, "dtype": self.dtype,
+                "axes": [a if a in ("batch", "sequence") else sizes.get(a, a) for a in self.axes]}
 
 
 FAMILIES: dict[str, type["Family"]] = {}

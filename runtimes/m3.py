@@ -1,0 +1,220 @@
+"""The m3 family's runtime: FlagEmbedding's ``BGEM3FlagModel`` API on an engine bundle.
+
+The graph gives raw heads; everything FlagEmbedding does after the model is reproduced here: truncate_dim then
+L2 normalisation (dense and ColBERT), lexical dicts keyed by ``str(token_id)`` with the max weight over repeats
+(only weights > 0, cls/eos/pad/unk dropped), ColBERT trimmed to the real tokens, and every score.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from runtimes.bundle import Bundle
+from runtimes.errors import InputError
+from runtimes.postprocess import l2_normalize
+from runtimes.reranker import CrossEncoderModel
+from runtimes.service import BundleModel
+
+SCORE_KEYS = ("colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense")
+
+
+class M3Model(BundleModel):
+    """Drop-in for ``FlagEmbedding.BGEM3FlagModel``: ``encode`` (dict of dense_vecs / lexical_weights /
+    colbert_vecs), ``encode_queries``, ``encode_corpus``, ``compute_lexical_matching_score``, ``colbert_score``,
+    ``convert_id_to_token`` and ``compute_score`` (the five score kinds)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        normalize_embeddings: bool = True,
+        query_instruction_for_retrieval: str | None = None,
+        query_instruction_format: str = "{}{}",
+        batch_size: int = 256,
+        query_max_length: int | None = None,
+        passage_max_length: int | None = None,
+        max_length: int | None = None,
+        return_dense: bool = True,
+        return_sparse: bool = False,
+        return_colbert_vecs: bool = False,
+        truncate_dim: int | None = None,
+        passage_instruction_for_retrieval: str | None = None,
+        passage_instruction_format: str = "{}{}",
+        backend_options: dict | None = None,
+    ):
+        super().__init__(bundle, backend_options=backend_options)
+        info = bundle.manifest.data["model"]
+        self.hidden_size, self.colbert_dim = int(info["hidden_size"]), int(info["colbert_dim"])
+        default = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
+        self.query_max_length = default if query_max_length is None else self.check_max_length(query_max_length)
+        self.passage_max_length = default if passage_max_length is None else self.check_max_length(passage_max_length)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
+        self.query_instruction_format = self.check_instruction_format(query_instruction_format, "query_instruction_format")
+        self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
+        self.passage_instruction_format = self.check_instruction_format(passage_instruction_format,
+                                                                        "passage_instruction_format")
+        self.batch_size = self.check_batch_size(batch_size)
+        self.return_dense, self.return_sparse, self.return_colbert_vecs = return_dense, return_sparse, return_colbert_vecs
+        if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer))
+                                         or not 1 <= truncate_dim <= min(self.hidden_size, self.colbert_dim)):
+            raise InputError(f"truncate_dim must be an int in 1..{min(self.hidden_size, self.colbert_dim)} or None, "
+                             f"got {truncate_dim!r}")
+        self.truncate_dim = truncate_dim
+        self.unused_token_ids = set(self.defaults["unused_token_ids"])
+
+    # --- encode ----------------------------------------------------------------------------------------
+    def encode_queries(self, queries, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+                       return_colbert_vecs=None, **kwargs: Any):
+        return self.encode(queries, batch_size, max_length if max_length is not None else self.query_max_length,
+                           return_dense, return_sparse, return_colbert_vecs,
+                           instruction=self.query_instruction_for_retrieval,
+                           instruction_format=self.query_instruction_format, **kwargs)
+
+    def encode_corpus(self, corpus, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+                      return_colbert_vecs=None, **kwargs: Any):
+        return self.encode(corpus, batch_size, max_length if max_length is not None else self.passage_max_length,
+                           return_dense, return_sparse, return_colbert_vecs,
+                           instruction=self.passage_instruction_for_retrieval,
+                           instruction_format=self.passage_instruction_format, **kwargs)
+
+    def encode(self, sentences, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+               return_colbert_vecs=None, instruction=None, instruction_format=None, **kwargs: Any) -> dict:
+        kwargs.pop("convert_to_numpy", None)  # FlagEmbedding ignores it here too
+        if kwargs:
+            raise InputError(f"encode() got unsupported keyword arguments {sorted(kwargs)}")
+        want_d = self.return_dense if return_dense is None else return_dense
+        want_s = self.return_sparse if return_sparse is None else return_sparse
+        want_c = self.return_colbert_vecs if return_colbert_vecs is None else return_colbert_vecs
+        if not (want_d or want_s or want_c):
+            raise InputError("choose at least one of return_dense, return_sparse, return_colbert_vecs")
+        single, texts = self.check_texts(sentences, "sentences")
+        if instruction is not None:
+            fmt = self.check_instruction_format(instruction_format or "{}{}", "instruction_format")
+            texts = [self.apply_instruction(fmt, instruction, t) for t in texts]
+        batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
+        max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
+
+        encoded = self.tokenizer.encode(texts, max_length)
+        dense, lexical, colbert = [None] * len(texts), [None] * len(texts), [None] * len(texts)
+        order = np.argsort([-len(e.ids) for e in encoded], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            feeds = self.feeds_for([encoded[i] for i in idx])
+            out = self.backend.infer(feeds)
+            for row, i in enumerate(idx):
+                n = len(encoded[i].ids)
+                if want_d:
+                    dense[i] = out["dense_vecs"][row]
+                if want_s:
+                    lexical[i] = self._lexical(out["token_weights"][row, :n], encoded[i].ids)
+                if want_c:
+                    colbert[i] = self._finish(out["colbert_vecs"][row, 1:n])
+        result = {
+            "dense_vecs": self._finish(np.stack(dense)) if want_d else None,
+            "lexical_weights": lexical if want_s else None,
+            "colbert_vecs": colbert if want_c else None,
+        }
+        if single:
+            result = {k: (v[0] if v is not None else None) for k, v in result.items()}
+        return result
+
+    def _finish(self, vecs: np.ndarray) -> np.ndarray:
+        """FlagEmbedding's order: truncate_dim first, then L2 normalisation (zero vectors stay zero)."""
+        out = np.asarray(vecs, dtype=np.float32)
+        if self.truncate_dim is not None:
+            out = out[..., :self.truncate_dim]
+        return np.ascontiguousarray(l2_normalize(out) if self.normalize_embeddings else out)
+
+    def _lexical(self, weights: np.ndarray, ids: list[int]) -> dict:
+        result = defaultdict(int)
+        for w, tid in zip(weights.astype(np.float32), ids):
+            if tid not in self.unused_token_ids and w > 0:
+                key = str(tid)
+                if w > result[key]:
+                    result[key] = w
+        return result
+
+    # --- scores --------------------------------------------------------------------------------------
+    @staticmethod
+    def compute_lexical_matching_score(lexical_weights_1, lexical_weights_2):
+        def one(a: dict, b: dict):
+            score = 0
+            for token, weight in a.items():
+                if token in b:
+                    score += weight * b[token]
+            return score
+
+        if isinstance(lexical_weights_1, dict) and isinstance(lexical_weights_2, dict):
+            return one(lexical_weights_1, lexical_weights_2)
+        if isinstance(lexical_weights_1, list) and isinstance(lexical_weights_2, list):
+            return np.array([[one(a, b) for b in lexical_weights_2] for a in lexical_weights_1])
+        raise InputError("compute_lexical_matching_score takes two lexical-weight dicts or two lists of them")
+
+    @staticmethod
+    def colbert_score(q_reps, p_reps) -> float:
+        """(1/n_q) * sum_i max_j <q_i, p_j>. FlagEmbedding returns a torch scalar; this returns a float."""
+        q, p = np.asarray(q_reps, dtype=np.float32), np.asarray(p_reps, dtype=np.float32)
+        if q.ndim != 2 or p.ndim != 2 or q.shape[1] != p.shape[1] or len(q) == 0 or len(p) == 0:
+            raise InputError(f"colbert_score takes two (n, dim) arrays with the same dim, got {q.shape} and {p.shape}")
+        return float((q @ p.T).max(axis=1).sum() / q.shape[0])
+
+    def convert_id_to_token(self, lexical_weights):
+        items = [lexical_weights] if isinstance(lexical_weights, dict) else list(lexical_weights)
+        out = [{self.tokenizer.decode_one(int(tid), self.defaults["clean_up_tokenization_spaces"]): w
+                for tid, w in item.items()} for item in items]
+        return out[0] if len(out) == 1 else out
+
+    def compute_score(self, sentence_pairs, batch_size=None, max_query_length=None, max_passage_length=None,
+                      weights_for_different_modes=None, **kwargs: Any) -> dict:
+        """FlagEmbedding's five scores per pair. As there, pairs are batched in input order (not sorted), no
+        instruction and no truncate_dim apply, and ColBERT runs on each padded batch, so a passage padded in its
+        batch lets a query token count max(…, 0)."""
+        if kwargs:
+            raise InputError(f"compute_score() got unsupported keyword arguments {sorted(kwargs)}")
+        pairs = CrossEncoderModel.check_pairs(sentence_pairs)
+        single = isinstance(sentence_pairs[0], str)  # one (query, passage) pair: floats instead of lists
+        batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
+        q_len = self.check_max_length(max_query_length if max_query_length is not None else self.query_max_length)
+        p_len = self.check_max_length(max_passage_length if max_passage_length is not None else self.passage_max_length)
+        w = [1.0, 1.0, 1.0] if weights_for_different_modes is None else [float(x) for x in weights_for_different_modes]
+        if len(w) != 3:
+            raise InputError(f"weights_for_different_modes must hold 3 weights (dense, sparse, colbert), got {w}")
+        scores = {k: [] for k in SCORE_KEYS}
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            q = self._raw(self.tokenizer.encode([a for a, _ in chunk], q_len))
+            p = self._raw(self.tokenizer.encode([b for _, b in chunk], p_len))
+            dense = (q["dense"] * p["dense"]).sum(-1)
+            sparse = np.array([self._sparse_dot(q["sparse"][i], p["sparse"][i]) for i in range(len(chunk))])
+            colbert = np.array([(q["colbert"][i] @ p["colbert"][i].T).max(axis=1).sum() / q["n"][i]
+                                for i in range(len(chunk))])
+            scores["colbert"] += colbert.tolist()
+            scores["sparse"] += sparse.tolist()
+            scores["dense"] += dense.tolist()
+            scores["sparse+dense"] += ((sparse * w[1] + dense * w[0]) / (w[1] + w[0])).tolist()
+            scores["colbert+sparse+dense"] += ((colbert * w[2] + sparse * w[1] + dense * w[0]) / sum(w)).tolist()
+        scores = {k: [float(x) for x in v] for k, v in scores.items()}
+        return {k: v[0] for k, v in scores.items()} if single else scores
+
+    def _raw(self, encoded) -> dict:
+        """One padded batch in input order: normalised dense, per-text id->max weight, padded ColBERT rows."""
+        feeds = self.feeds_for(encoded)
+        out = self.backend.infer(feeds)
+        norm = l2_normalize if self.normalize_embeddings else (lambda x: np.asarray(x, dtype=np.float32))
+        sparse = []
+        for row, e in enumerate(encoded):
+            d: dict[int, float] = {}
+            for wt, tid in zip(out["token_weights"][row, :len(e.ids)], e.ids):
+                if tid not in self.unused_token_ids and wt > d.get(tid, 0.0):
+                    d[tid] = float(wt)
+            sparse.append(d)
+        mask = feeds["attention_mask"]
+        return {"dense": norm(out["dense_vecs"]), "sparse": sparse, "colbert": norm(out["colbert_vecs"][:, 1:]),
+                "n": mask[:, 1:].sum(-1).astype(np.float64)}
+
+    @staticmethod
+    def _sparse_dot(a: dict, b: dict) -> float:
+        return float(sum(w * b[t] for t, w in a.items() if t in b))
