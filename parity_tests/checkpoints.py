@@ -54,16 +54,17 @@ def xlmr_tokenizer(folder: Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-def tiny_xlmr(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0) -> Path:
+def tiny_xlmr(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0, max_positions=514,
+              vocab_size=None, initializer_range=0.5) -> Path:
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
     xlmr_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
     torch.manual_seed(seed)
     cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=0.5)
+                           intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range)
     XLMRobertaModel(cfg).eval().save_pretrained(str(folder))
     return folder
 
@@ -106,11 +107,14 @@ def tiny_bert_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermedia
     return folder
 
 
-def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5) -> Path:
-    """bge-m3 layout: XLMRobertaModel + colbert_linear.pt + sparse_linear.pt (plain state_dicts)."""
+def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5,
+            max_positions=514, vocab_size=None, initializer_range=0.5) -> Path:
+    """bge-m3 layout: XLMRobertaModel + colbert_linear.pt + sparse_linear.pt (plain state_dicts).
+    The real bge-m3 shape is hidden 1024, 24 layers, 16 heads, intermediate 4096, vocab 250002, 8194 positions."""
     import torch
 
-    tiny_xlmr(folder, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, seed=seed)
+    tiny_xlmr(folder, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, seed=seed,
+              max_positions=max_positions, vocab_size=vocab_size, initializer_range=initializer_range)
     torch.manual_seed(seed + 100)
     colbert = torch.nn.Linear(hidden, colbert_dim or hidden)
     sparse = torch.nn.Linear(hidden, 1)
