@@ -77,17 +77,19 @@ def not_a_bge_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3) -> Path:
+def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3, vocab_size=None,
+                       initializer_range=0.5) -> Path:
     """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
 
     xlmr_tokenizer(folder)
-    vocab = len(AutoTokenizer.from_pretrained(str(folder)))
+    vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
     torch.manual_seed(seed)
     cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=0.5, num_labels=1)
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range,
+                           num_labels=1)
     XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(str(folder))
     return folder
 
