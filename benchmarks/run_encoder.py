@@ -1,7 +1,7 @@
 """Reproduce the README's encoder numbers: build ort-cpu and ort-cpu-int8 bundles of a checkpoint (default: the
 embedded real all-MiniLM-L6-v2), then time them against FlagEmbedding and optimum in one `bge-export bench` run.
 
-    .venv/bin/python benchmarks/run_encoder.py [--model PATH] [--out benchmarks/results/encoder-minilm-cpu]
+    .venv/bin/python -m benchmarks.run_encoder [--model PATH] [--out benchmarks/results/encoder-minilm-cpu]
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ BGEM3FlagModel (all three heads) and FlagReranker in one `bge-export bench` run 
 Parity of these families is proven on tiny checkpoints by the test suite; timing needs only the shapes, so the
 bundles here are built with --no-parity.
 
-    .venv/bin/python benchmarks/run_xlmr_base.py [--family m3 cross-encoder] [--bench-args '--repeats 2']
+    .venv/bin/python -m benchmarks.run_xlmr_base [--family m3 cross-encoder] [--bench-args "--repeats 2"]
 """
 from __future__ import annotations
 
