@@ -297,15 +297,18 @@ def summary_markdown(rows: list[dict]) -> str:
     """Speed-ups of each bundle over the FlagEmbedding reference and optimum per cell (median latency ratios)."""
     ours = list(dict.fromkeys(r["contender"] for r in rows if r["contender"].startswith("bge-export")))
     cells = sorted({(r["batch"], r["seq"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    refs = [("FlagEmbedding", "speedup_vs_reference")]
+    if any(r.get("speedup_vs_optimum") is not None for r in rows):
+        refs.append(("optimum", "speedup_vs_optimum"))
     head = ["batch x seq"] + [f"{name.split()[-1]} {mode} vs {ref}" for name in ours for mode in ("e2e", "engine")
-                              for ref in ("FlagEmbedding", "optimum")]
+                              for ref, _ in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, s in cells:
         vals = []
         for name in ours:
             for mode in ("e2e", "engine"):
                 r = next((r for r in rows if (r["contender"], r["mode"], r["batch"], r["seq"]) == (name, mode, b, s)), {})
-                for key in ("speedup_vs_reference", "speedup_vs_optimum"):
+                for _, key in refs:
                     vals.append("-" if r.get(key) is None else f"{r[key]:.2f}")
         lines.append(f"| {b} x {s} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

@@ -39,18 +39,12 @@ class EncoderModel(BundleModel):
     ):
         super().__init__(bundle, backend_options=backend_options)
         self.hidden_size = int(bundle.manifest.data["model"]["hidden_size"])
-        default_len = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
-        self.normalize_embeddings = bool(normalize_embeddings)
-        self.query_instruction_for_retrieval = query_instruction_for_retrieval
-        self.query_instruction_format = query_instruction_format
-        self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
-        self.passage_instruction_format = passage_instruction_format
-        self.batch_size = self.check_batch_size(batch_size)
-        self.query_max_length = default_len if query_max_length is None else self.check_max_length(query_max_length)
-        self.passage_max_length = default_len if passage_max_length is None else self.check_max_length(passage_max_length)
-        self.check_instruction_format(query_instruction_format, "query_instruction_format")
-        self.check_instruction_format(passage_instruction_format, "passage_instruction_format")
-        self.truncate_dim = self._check_truncate_dim(truncate_dim)
+        self.init_embedder_options(
+            normalize_embeddings=normalize_embeddings, query_instruction_for_retrieval=query_instruction_for_retrieval,
+            query_instruction_format=query_instruction_format, batch_size=batch_size, max_length=max_length,
+            passage_instruction_for_retrieval=passage_instruction_for_retrieval,
+            passage_instruction_format=passage_instruction_format, query_max_length=query_max_length,
+            passage_max_length=passage_max_length, truncate_dim=truncate_dim, truncate_limit=self.hidden_size)
         self.convert_to_numpy = self._check_numpy(convert_to_numpy)
 
     @property
@@ -108,13 +102,6 @@ class EncoderModel(BundleModel):
         return out[0] if single else out
 
     # --- validation -----------------------------------------------------------------------------
-    def _check_truncate_dim(self, value):
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= self.hidden_size:
-            raise InputError(f"truncate_dim must be an int in 1..{self.hidden_size} (the embedding size) or None, got {value!r}")
-        return int(value)
-
     @staticmethod
     def _check_numpy(value):
         if value is False:

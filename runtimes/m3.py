@@ -47,22 +47,14 @@ class M3Model(BundleModel):
         super().__init__(bundle, backend_options=backend_options)
         info = bundle.manifest.data["model"]
         self.hidden_size, self.colbert_dim = int(info["hidden_size"]), int(info["colbert_dim"])
-        default = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
-        self.query_max_length = default if query_max_length is None else self.check_max_length(query_max_length)
-        self.passage_max_length = default if passage_max_length is None else self.check_max_length(passage_max_length)
-        self.normalize_embeddings = bool(normalize_embeddings)
-        self.query_instruction_for_retrieval = query_instruction_for_retrieval
-        self.query_instruction_format = self.check_instruction_format(query_instruction_format, "query_instruction_format")
-        self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
-        self.passage_instruction_format = self.check_instruction_format(passage_instruction_format,
-                                                                        "passage_instruction_format")
-        self.batch_size = self.check_batch_size(batch_size)
+        self.init_embedder_options(
+            normalize_embeddings=normalize_embeddings, query_instruction_for_retrieval=query_instruction_for_retrieval,
+            query_instruction_format=query_instruction_format, batch_size=batch_size, max_length=max_length,
+            passage_instruction_for_retrieval=passage_instruction_for_retrieval,
+            passage_instruction_format=passage_instruction_format, query_max_length=query_max_length,
+            passage_max_length=passage_max_length, truncate_dim=truncate_dim,
+            truncate_limit=min(self.hidden_size, self.colbert_dim))
         self.return_dense, self.return_sparse, self.return_colbert_vecs = return_dense, return_sparse, return_colbert_vecs
-        if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer))
-                                         or not 1 <= truncate_dim <= min(self.hidden_size, self.colbert_dim)):
-            raise InputError(f"truncate_dim must be an int in 1..{min(self.hidden_size, self.colbert_dim)} or None, "
-                             f"got {truncate_dim!r}")
-        self.truncate_dim = truncate_dim
         self.unused_token_ids = set(self.defaults["unused_token_ids"])
 
     # --- encode ----------------------------------------------------------------------------------------

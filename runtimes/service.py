@@ -50,6 +50,26 @@ class BundleModel:
         m = self.manifest
         return f"<{type(self).__name__} {m.family}/{m.target} from {self.bundle.path}>"
 
+    def init_embedder_options(self, *, normalize_embeddings, query_instruction_for_retrieval, query_instruction_format,
+                              passage_instruction_for_retrieval, passage_instruction_format, batch_size, max_length,
+                              query_max_length, passage_max_length, truncate_dim, truncate_limit: int) -> None:
+        """The constructor options FlagModel and BGEM3FlagModel share, validated."""
+        default = self.check_max_length(max_length if max_length is not None else self.defaults["max_length"])
+        self.query_max_length = default if query_max_length is None else self.check_max_length(query_max_length)
+        self.passage_max_length = default if passage_max_length is None else self.check_max_length(passage_max_length)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.query_instruction_for_retrieval = query_instruction_for_retrieval
+        self.query_instruction_format = self.check_instruction_format(query_instruction_format, "query_instruction_format")
+        self.passage_instruction_for_retrieval = passage_instruction_for_retrieval
+        self.passage_instruction_format = self.check_instruction_format(passage_instruction_format,
+                                                                        "passage_instruction_format")
+        self.batch_size = self.check_batch_size(batch_size)
+        if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer))
+                                         or not 1 <= truncate_dim <= truncate_limit):
+            raise InputError(f"truncate_dim must be an int in 1..{truncate_limit} (the embedding size) or None, "
+                             f"got {truncate_dim!r}")
+        self.truncate_dim = None if truncate_dim is None else int(truncate_dim)
+
     # --- checks shared by every family ---------------------------------------------------------------
     @staticmethod
     def check_texts(texts, what: str) -> tuple[bool, list[str]]:
