@@ -184,7 +184,6 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
                    gate_retrieval: bool = True) -> tuple[list[Check], dict]:
     """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
     import runtimes
-    from transformers import AutoTokenizer
 
     reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = runtimes.load(bundle_path, query_instruction_for_retrieval=QUERY_INSTRUCTION, batch_size=16)
@@ -192,13 +191,8 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
     everything = edge + queries + corpus
 
     # 1. the runtime's tokenizer against the HF tokenizer FlagModel uses (also at a short max_length)
-    hf = AutoTokenizer.from_pretrained(str(family.ckpt.path))
-    mismatched = 0
-    for max_len in (model.max_length, 16):
-        want = hf(everything, truncation=True, max_length=max_len)["input_ids"]
-        got = [e.ids for e in model.tokenizer.encode(everything, max_len)]
-        mismatched += sum(w != g for w, g in zip(want, got))
-    checks = gate(family.name, "tokens", "*", {"mismatched_texts": mismatched})
+    checks = gate(family.name, "tokens", "*",
+                  {"mismatched_texts": text_token_mismatches(family, model, everything, model.max_length)})
 
     # 2. embeddings: plain encode over everything (mixed lengths in one batch, truncation at max_length),
     #    a short max_length, and the retrieval pair encode_queries / encode_corpus
@@ -233,11 +227,28 @@ def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, lo
     return checks, golden
 
 
-def encoder_golden_values(model, sample: dict) -> dict:
-    ref = np.asarray(sample["reference"], dtype=np.float32)
-    got = model.encode(sample["texts"])
+def text_token_mismatches(family, model, texts: list[str], max_length: int) -> int:
+    """Texts whose runtime token ids differ from the HF tokenizer's, at ``max_length`` and at 16 (truncation)."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(family.ckpt.path))
+    mismatched = 0
+    for n in (max_length, 16):
+        want = hf(texts, truncation=True, max_length=n)["input_ids"]
+        got = [e.ids for e in model.tokenizer.encode(texts, n)]
+        mismatched += sum(w != g for w, g in zip(want, got))
+    return mismatched
+
+
+def dense_sample_values(reference, got) -> dict:
+    """Dense vectors against the bundle's stored reference sample."""
+    ref = np.asarray(reference, dtype=np.float32)
     cos = cosine_rows(ref, got)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
+
+
+def encoder_golden_values(model, sample: dict) -> dict:
+    return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
 
 
 # --- the cross-encoder family ---------------------------------------------------------------------------
@@ -298,10 +309,7 @@ def cross_encoder_parity(family, bundle_path: Path, precision: str, texts: dict,
 # --- the m3 family --------------------------------------------------------------------------------------
 
 def m3_golden_values(model, sample: dict) -> dict:
-    ref = np.asarray(sample["reference"], dtype=np.float32)
-    got = model.encode(sample["texts"])["dense_vecs"]
-    cos = cosine_rows(ref, got)
-    return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
+    return dense_sample_values(sample["reference"], model.encode(sample["texts"])["dense_vecs"])
 
 
 def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
@@ -323,7 +331,6 @@ def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
 def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
     """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
     import runtimes
-    from transformers import AutoTokenizer
 
     reference = family.reference()
     model = runtimes.load(bundle_path, batch_size=16)
@@ -331,12 +338,7 @@ def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=pri
     everything = edge + queries + corpus[:120]
     n = model.passage_max_length
 
-    hf = AutoTokenizer.from_pretrained(str(family.ckpt.path))
-    mismatched = 0
-    for max_len in (n, 16):
-        want = hf(everything, truncation=True, max_length=max_len)["input_ids"]
-        got_ids = [e.ids for e in model.tokenizer.encode(everything, max_len)]
-        mismatched += sum(w != g for w, g in zip(want, got_ids))
+    mismatched = text_token_mismatches(family, model, everything, n)
 
     log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
     heads = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}

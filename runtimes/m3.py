@@ -196,17 +196,11 @@ class M3Model(BundleModel):
         feeds = self.feeds_for(encoded)
         out = self.backend.infer(feeds)
         norm = l2_normalize if self.normalize_embeddings else (lambda x: np.asarray(x, dtype=np.float32))
-        sparse = []
-        for row, e in enumerate(encoded):
-            d: dict[int, float] = {}
-            for wt, tid in zip(out["token_weights"][row, :len(e.ids)], e.ids):
-                if tid not in self.unused_token_ids and wt > d.get(tid, 0.0):
-                    d[tid] = float(wt)
-            sparse.append(d)
+        sparse = [self._lexical(out["token_weights"][row, :len(e.ids)], e.ids) for row, e in enumerate(encoded)]
         mask = feeds["attention_mask"]
         return {"dense": norm(out["dense_vecs"]), "sparse": sparse, "colbert": norm(out["colbert_vecs"][:, 1:]),
                 "n": mask[:, 1:].sum(-1).astype(np.float64)}
 
     @staticmethod
     def _sparse_dot(a: dict, b: dict) -> float:
-        return float(sum(w * b[t] for t, w in a.items() if t in b))
+        return float(sum(float(w) * float(b[t]) for t, w in a.items() if t in b))

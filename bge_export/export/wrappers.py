@@ -1,11 +1,29 @@
 """nn.Module wrappers that expose exactly the tensors a family's graph outputs. Imports torch."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def user_weights(path: Path, what: str = "the weights"):
+    """Any failure to read a user's weight files (safetensors, pickles, shapes) is a CheckpointError, not a bug."""
+    from bge_export.errors import CheckpointError
+
+    try:
+        yield
+    except Exception as exc:
+        raise CheckpointError(f"{path}: {what} do not load ({type(exc).__name__}: {str(exc)[:300]}); "
+                              "restore them from the original checkpoint") from None
+
+
+def load_pretrained(auto_class, path: Path) -> nn.Module:
+    with user_weights(path):
+        return auto_class.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
 class EncoderPooler(nn.Module):
@@ -31,14 +49,7 @@ class EncoderPooler(nn.Module):
     def from_checkpoint(cls, path: Path, **variant) -> "EncoderPooler":
         from transformers import AutoModel
 
-        from bge_export.errors import CheckpointError
-
-        try:
-            model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
-        except Exception as exc:  # any failure to read the user's weight files (safetensors, pickle, shapes)
-            raise CheckpointError(f"{path}: the weights do not load ({type(exc).__name__}: {str(exc)[:300]}); "
-                                  "restore them from the original checkpoint") from None
-        return cls(model.eval(), **variant).eval()
+        return cls(load_pretrained(AutoModel, path), **variant).eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -91,15 +102,8 @@ class CrossEncoderScorer(nn.Module):
     def from_checkpoint(cls, path: Path, *, cls_only_last_layer: bool) -> "CrossEncoderScorer":
         from transformers import AutoModelForSequenceClassification
 
-        from bge_export.errors import CheckpointError
-
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), dtype=torch.float32, attn_implementation="sdpa")
-        except Exception as exc:  # any failure to read the user's weight files
-            raise CheckpointError(f"{path}: the weights do not load ({type(exc).__name__}: {str(exc)[:300]}); "
-                                  "restore them from the original checkpoint") from None
-        return cls(model.eval(), cls_only_last_layer=cls_only_last_layer).eval()
+        model = load_pretrained(AutoModelForSequenceClassification, path)
+        return cls(model, cls_only_last_layer=cls_only_last_layer).eval()
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         cls_row = self.encoder(input_ids, attention_mask, token_type_ids)[:, None, :]
@@ -124,25 +128,24 @@ class M3Heads(nn.Module):
     def from_checkpoint(cls, path: Path) -> "M3Heads":
         from transformers import AutoModel
 
-        from bge_export.errors import CheckpointError
-
         path = Path(path)
-        try:
-            model = AutoModel.from_pretrained(str(path), dtype=torch.float32, attn_implementation="sdpa")
-            heads = {name: torch.load(path / f"{name}_linear.pt", map_location="cpu", weights_only=True)
-                     for name in ("colbert", "sparse")}
+        model = load_pretrained(AutoModel, path)
+        with user_weights(path, "the M3 head files"):
+            heads = {name: load_head(path, name) for name in ("colbert", "sparse")}
             hidden = model.config.hidden_size
             colbert = nn.Linear(hidden, heads["colbert"]["weight"].shape[0])
             colbert.load_state_dict(heads["colbert"])
             sparse = nn.Linear(hidden, 1)
             sparse.load_state_dict(heads["sparse"])
-        except Exception as exc:  # the user's weight files: unreadable, pickled objects, wrong shapes
-            raise CheckpointError(f"{path}: the weights or the M3 head files do not load ({type(exc).__name__}: "
-                                  f"{str(exc)[:300]}); restore them from the original checkpoint") from None
-        return cls(model.eval(), colbert.eval(), sparse.eval()).eval()
+        return cls(model, colbert.eval(), sparse.eval()).eval()
 
     def forward(self, input_ids, attention_mask):
         h = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         token_weights = torch.relu(self.sparse(h)).squeeze(-1)
         colbert = self.colbert(h) * attention_mask[:, :, None].to(h.dtype)
         return h[:, 0], token_weights, colbert
+
+
+def load_head(path: Path, name: str) -> dict:
+    """A bge-m3 head file (``colbert_linear.pt`` / ``sparse_linear.pt``): a plain state_dict, never a pickle."""
+    return torch.load(Path(path) / f"{name}_linear.pt", map_location="cpu", weights_only=True)

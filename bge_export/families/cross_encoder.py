@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bge_export.errors import CheckpointError, UnsupportedFamilyError
+from bge_export.errors import UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, register_family
-from bge_export.families.encoder import REQUIRED_CONFIG, TOKENIZER_FILES, EncoderFamily
+from bge_export.families.encoder import EncoderFamily, check_backbone_checkpoint
 
 ARCHITECTURES = {"bert": "BertForSequenceClassification", "xlm-roberta": "XLMRobertaForSequenceClassification"}
 
@@ -29,16 +29,11 @@ class CrossEncoderFamily(Family):
         return mtype in ARCHITECTURES and ckpt.config.get("architectures") == [ARCHITECTURES[mtype]]
 
     def __init__(self, ckpt, **variant_options):
-        missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
-        if missing:
-            raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
+        check_backbone_checkpoint(ckpt)
         labels = len(ckpt.config.get("id2label") or {"0": ""})
         if labels != 1:
             raise UnsupportedFamilyError(f"{ckpt.path} is a sequence classifier with {labels} labels; BGE rerankers "
                                          "have exactly one (a relevance logit)")
-        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
-            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
-                                  "tokenizer files of the original checkpoint next to the weights")
         super().__init__(ckpt, **variant_options)
 
     def make_variant(self, **options: Any) -> dict:

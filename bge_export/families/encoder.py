@@ -21,6 +21,16 @@ REQUIRED_CONFIG = ("hidden_size", "num_hidden_layers", "num_attention_heads", "i
                    "max_position_embeddings")
 
 
+def check_backbone_checkpoint(ckpt) -> None:
+    """What every BERT / XLM-R based family needs: the config fields it reads and a tokenizer."""
+    missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
+    if missing:
+        raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
+    if not any(ckpt.has(f) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                              "tokenizer files of the original checkpoint next to the weights")
+
+
 @register_family
 class EncoderFamily(Family):
     name = "encoder"
@@ -46,12 +56,7 @@ class EncoderFamily(Family):
         return not any(ckpt.has(f) for f in M3_HEAD_FILES)  # those are the bge-m3 layout
 
     def __init__(self, ckpt, **variant_options):
-        missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
-        if missing:
-            raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
-        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
-            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
-                                  "tokenizer files of the original checkpoint next to the weights")
+        check_backbone_checkpoint(ckpt)
         super().__init__(ckpt, **variant_options)
 
     @classmethod
