@@ -103,3 +103,15 @@ def test_compute_score_bad_pairs(m3, bad, needle):
 def test_encode_needs_one_head(m3):
     with pytest.raises(runtimes.InputError, match="at least one"):
         runtimes.load(m3.bundle).encode(["x"], return_dense=False)
+
+
+def test_corrupt_head_file_is_a_one_line_error(checkpoint_dir, tmp_path, capsys):
+    import shutil
+
+    ckpt = tmp_path / "bge-m3"
+    shutil.copytree(checkpoint_dir("tiny-m3"), ckpt)
+    (ckpt / "colbert_linear.pt").write_bytes(b"not a torch file")
+    assert main(["--model", str(ckpt), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "M3 head files do not load" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

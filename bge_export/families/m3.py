@@ -10,7 +10,7 @@ from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, register_family
-from bge_export.families.encoder import M3_HEAD_FILES, REQUIRED_CONFIG, TOKENIZER_FILES, EncoderFamily
+from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint
 
 
 @register_family
@@ -35,11 +35,7 @@ class M3Family(Family):
                 f"{ckpt.path} is a bge-m3 checkpoint without {', '.join(missing)}; FlagEmbedding would silently "
                 "use randomly initialised heads there. Copy both head files of the original checkpoint next to "
                 "the weights")
-        missing = [k for k in REQUIRED_CONFIG if k not in ckpt.config]
-        if missing:
-            raise CheckpointError(f"{ckpt.path}/config.json lacks {missing}; restore it from the original checkpoint")
-        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
-            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        check_backbone_checkpoint(ckpt)
         super().__init__(ckpt, **variant_options)
 
     def make_variant(self, **options: Any) -> dict:
@@ -52,10 +48,11 @@ class M3Family(Family):
     flops = EncoderFamily.flops
 
     def model_info(self) -> dict:
-        import torch
+        from bge_export.export.wrappers import load_head, user_weights
 
-        head = torch.load(self.ckpt.path / "colbert_linear.pt", map_location="cpu", weights_only=True)
-        return {**self.model_info_base(), "colbert_dim": int(head["weight"].shape[0])}
+        with user_weights(self.ckpt.path, "the M3 head files"):
+            colbert_dim = int(load_head(self.ckpt.path, "colbert")["weight"].shape[0])
+        return {**self.model_info_base(), "colbert_dim": colbert_dim}
 
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]
