@@ -13,7 +13,7 @@ from pathlib import Path
 from bge_export import __version__
 from bge_export.build.targets import Target, get_target
 from bge_export.checkpoint import Checkpoint, resolve_checkpoint
-from bge_export.errors import CheckpointError, OutputError, ParityError
+from bge_export.errors import CheckpointError, OutputError, ParityError, UnsupportedTargetError
 from bge_export.families import recognise
 from bge_export.families.base import Family
 from runtimes._optional import require
@@ -100,23 +100,37 @@ class CompileResult:
     parity_text: str
 
 
-def prepare(model, target: str, *, pooling: str | None = None) -> tuple[Family, Target]:
+def prepare(model, target: str, **variant) -> tuple[Family, Target]:
+    """The family object (with its export-time variant: pooling, cutoff layers, export dtype, ...) and the target.
+    Options left at None take the family's defaults."""
     ckpt = resolve_checkpoint(model)
     family_cls = recognise(ckpt)
     target_obj = get_target(target, family_cls)
-    options = {} if pooling is None else {"pooling": pooling}
-    return family_cls(ckpt, **options), target_obj
+    family = family_cls(ckpt, **{k: v for k, v in variant.items() if v is not None})
+    dtype = family.variant.get("export_dtype", "fp32")
+    if dtype != "fp32" and target_obj.precision == "int8":
+        raise UnsupportedTargetError(f"--target {target} quantizes an fp32 graph; drop --export-dtype {dtype} "
+                                     "(or build --target onnx / ort-cpu in that dtype)")
+    return family, target_obj
+
+
+def bundle_precision(family: Family, tgt: Target) -> str:
+    """The precision the parity tolerances apply to: the target's, or the export dtype for half-precision graphs."""
+    dtype = family.variant.get("export_dtype", "fp32")
+    return dtype if dtype != "fp32" else tgt.precision
 
 
 def compile_bundle(
     model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
+    variant: dict | None = None,
     parity: bool = True, overwrite: bool = False, exported=None, log=print, quiet: bool = False,
     gate_retrieval: bool = True,
 ) -> CompileResult:
     """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets);
     ``gate_retrieval=False`` reports retrieval statistics without gating them (random-weight test checkpoints)."""
     prog = Progress(6 if parity else 5, write=log, quiet=quiet)
-    family, tgt = prepare(model, target, pooling=pooling)
+    family, tgt = prepare(model, target, pooling=pooling, **(variant or {}))
+    precision = bundle_precision(family, tgt)
     ckpt = family.ckpt
     out = check_out_dir(Path(out) if out else default_out_dir(ckpt, target), overwrite)
     info = family.model_info()
@@ -147,9 +161,13 @@ def compile_bundle(
         manifest = Manifest.build(fields)
         manifest.write(tmp)
         parity_ok, parity_text = None, "parity skipped (--no-parity)"
+        if parity and precision == "bf16":
+            parity, parity_text = False, ("parity skipped: bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); "
+                                          "check them on a GPU target")
         if parity:
             prog.step(f"parity against FlagEmbedding {family.reference_api} (fp32, CPU)")
-            manifest, parity_ok, parity_text = _run_parity(family, tgt, tmp, manifest, prog.info, gate_retrieval)
+            manifest, parity_ok, parity_text = _run_parity(family, tgt, precision, tmp, manifest, prog.info,
+                                                           gate_retrieval)
         if parity_ok is False and out.exists() and any(out.iterdir()):
             # never replace a working bundle with one that failed parity: put the new one beside it
             out = out.with_name(out.name + ".parity-failed")
@@ -194,7 +212,7 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
         "family": family.name,
         "variant": family.variant,
         "target": tgt.name,
-        "precision": tgt.precision,
+        "precision": bundle_precision(family, tgt),
         "engine": {"kind": tgt.engine_kind, "file": "model.onnx", "providers": list(tgt.providers)},
         "source": {"checkpoint": str(family.ckpt.path), "name": family.ckpt.name,
                    "weights_sha256": family.ckpt.weights_sha256()},
@@ -214,14 +232,15 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
     }
 
 
-def _run_parity(family, tgt, tmp: Path, manifest: Manifest, log, gate_retrieval: bool) -> tuple[Manifest, bool, str]:
+def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
+                gate_retrieval: bool) -> tuple[Manifest, bool, str]:
     from bge_export import parity
 
     require("FlagEmbedding")
-    checks, golden = family.run_parity(tmp, tgt.precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
+    checks, golden = family.run_parity(tmp, precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
     sample = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in golden.items() if k != "n_texts"}
-    (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": tgt.precision}, ensure_ascii=False), encoding="utf-8")
+    (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": precision}, ensure_ascii=False), encoding="utf-8")
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
     report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],

@@ -16,11 +16,16 @@ __version__ = "0.1.0"
 __all__ = ["load", "open_bundle", "BgeError", "BundleError", "IncompatibleBundleError", "InputError",
            "MissingDependencyError", "RUNTIME_APIS"]
 
-# family -> (FlagEmbedding API it mirrors, "module:Class")
+# the FlagEmbedding API a bundle's manifest names -> the class that serves it ("module:Class")
 RUNTIME_APIS = {
-    "encoder": ("FlagModel", "runtimes.encoder:EncoderModel"),
-    "cross-encoder": ("FlagReranker", "runtimes.reranker:CrossEncoderModel"),
-    "m3": ("BGEM3FlagModel", "runtimes.m3:M3Model"),
+    "FlagModel": "runtimes.encoder:EncoderModel",
+    "FlagReranker": "runtimes.reranker:CrossEncoderModel",
+    "BGEM3FlagModel": "runtimes.m3:M3Model",
+    "FlagLLMReranker": "runtimes.llm:LLMRerankerModel",
+    "LayerWiseFlagLLMReranker": "runtimes.llm:LayerWiseRerankerModel",
+    "LightWeightFlagLLMReranker": "runtimes.llm:LightWeightRerankerModel",
+    "FlagLLMModel": "runtimes.llm:LLMEmbedderModel",
+    "FlagICLModel": "runtimes.llm:ICLEmbedderModel",
 }
 
 
@@ -37,7 +42,7 @@ def load(path: str | Path, *, verify: bool = True, **options):
     ``normalize_embeddings``, ``query_instruction_for_retrieval``, ``truncate_dim``, ...).
     """
     bundle = open_bundle(path, verify=verify)
-    family = bundle.manifest.family
+    api = bundle.manifest.runtime.get("api")
     parity = bundle.manifest.parity
     if parity is not None and not parity.get("passed", False):
         import warnings
@@ -45,16 +50,16 @@ def load(path: str | Path, *, verify: bool = True, **options):
         failed = [f"{c['metric']}={c['value']:.4g}" for c in parity.get("checks", []) if not c.get("passed", True)]
         warnings.warn(f"bundle {bundle.path} FAILED parity against {parity.get('reference')} at build time "
                       f"({', '.join(failed)}); its outputs may differ from FlagEmbedding", RuntimeWarning, stacklevel=2)
-    if family not in RUNTIME_APIS:
+    if api not in RUNTIME_APIS:
         raise IncompatibleBundleError(
-            f"bundle family '{family}' has no runtime in this version (have: {', '.join(sorted(RUNTIME_APIS))}); "
-            "upgrade bge-export"
+            f"bundle API '{api}' (family {bundle.manifest.family}) has no runtime in this version (have: "
+            f"{', '.join(sorted(RUNTIME_APIS))}); upgrade bge-export"
         )
-    module, cls = RUNTIME_APIS[family][1].split(":")
+    module, cls = RUNTIME_APIS[api].split(":")
     model_cls = getattr(importlib.import_module(module), cls)
     try:
         inspect.signature(model_cls).bind(bundle, **options)
     except TypeError as exc:
-        raise InputError(f"runtimes.load(): {exc} (options of a {RUNTIME_APIS[family][0]} bundle: "
+        raise InputError(f"runtimes.load(): {exc} (options of a {api} bundle: "
                          f"{', '.join(list(inspect.signature(model_cls).parameters)[1:])})") from None
     return model_cls(bundle, **options)

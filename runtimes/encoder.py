@@ -20,6 +20,8 @@ class EncoderModel(BundleModel):
     ``backend_options`` go to the engine backend (ONNX Runtime: ``intra_op_num_threads``, ``allow_spinning``).
     """
 
+    output_name = "pooled"  # the graph output holding the pooled vector
+
     def __init__(
         self,
         bundle: Bundle,
@@ -97,7 +99,7 @@ class EncoderModel(BundleModel):
             texts = [self.apply_instruction(fmt, instruction, t) for t in texts]
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
         max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
-        pooled = self.run_sorted(texts, batch_size, max_length, output="pooled")
+        pooled = self.run_sorted(texts, batch_size, max_length, output=self.output_name)
         out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
         return out[0] if single else out
 

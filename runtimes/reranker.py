@@ -44,9 +44,8 @@ class CrossEncoderModel(BundleModel):
         self.normalize = bool(normalize)
 
     def compute_score(self, sentence_pairs, batch_size: int | None = None, query_max_length: int | None = None,
-                      max_length: int | None = None, normalize: bool | None = None, **kwargs: Any) -> list[float]:
-        if kwargs:
-            raise InputError(f"compute_score() got unsupported keyword arguments {sorted(kwargs)}")
+                      max_length: int | None = None, normalize: bool | None = None, **kwargs: Any):
+        extra = self.score_options(kwargs)
         pairs = self.check_pairs(sentence_pairs)
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
         max_length = self.check_max_length(max_length if max_length is not None else self.max_length)
@@ -60,10 +59,25 @@ class CrossEncoderModel(BundleModel):
         if self.passage_instruction_for_rerank is not None:
             passages = [self.apply_instruction(self.passage_instruction_format, self.passage_instruction_for_rerank, p)
                         for p in passages]
-        encoded = self.tokenizer.encode_pairs(queries, passages, query_max_length, max_length)
-        scores = self.run_encoded(encoded, batch_size, output="score").astype(np.float64)
+        scores = self.score_pairs(queries, passages, batch_size, query_max_length, max_length, **extra)
         if normalize if normalize is not None else self.normalize:
             scores = sigmoid(scores)
+        return self.format_scores(np.asarray(scores, dtype=np.float64))
+
+    # --- what the reranker families change --------------------------------------------------------
+    def score_options(self, kwargs: dict) -> dict:
+        """The family's extra compute_score keywords, validated (none for cross-encoders)."""
+        if kwargs:
+            raise InputError(f"compute_score() got unsupported keyword arguments {sorted(kwargs)}")
+        return {}
+
+    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length) -> np.ndarray:
+        encoded = self.tokenizer.encode_pairs(queries, passages, query_max_length, max_length)
+        return self.run_encoded(encoded, batch_size, output="score").astype(np.float64)
+
+    @staticmethod
+    def format_scores(scores: np.ndarray):
+        """FlagReranker returns a list of floats, even for one pair."""
         return [float(s) for s in scores]
 
     @staticmethod

@@ -14,7 +14,7 @@ from runtimes.tokenizer import Tokenizer
 API_METHODS = {
     "encode": "FlagModel", "encode_queries": "FlagModel", "encode_corpus": "FlagModel",
     "compute_score": "FlagReranker", "compute_lexical_matching_score": "BGEM3FlagModel",
-    "colbert_score": "BGEM3FlagModel", "convert_id_to_token": "BGEM3FlagModel",
+    "colbert_score": "BGEM3FlagModel", "convert_id_to_token": "BGEM3FlagModel", "set_examples": "FlagICLModel",
 }
 
 
@@ -123,8 +123,12 @@ class BundleModel:
         return instruction_format.replace("\\n", "\n").format(instruction, text)
 
     # --- batching -------------------------------------------------------------------------------------
+    pad_to_multiple_of: int | None = None
+
     def feeds_for(self, encoded) -> dict[str, np.ndarray]:
-        padded = self.tokenizer.pad(encoded)
+        padded = self.tokenizer.pad(encoded, self.pad_to_multiple_of)
+        for name in encoded[0].extra:
+            padded[name] = np.array([e.extra[name] for e in encoded], dtype=np.int64)
         return {name: padded[name] for name in self.input_names}
 
     def run_sorted(self, texts: list[str], batch_size: int, max_length: int, *, output: str) -> np.ndarray:

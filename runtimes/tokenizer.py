@@ -6,7 +6,7 @@ built from (the parity suite checks the ids), then pads batches on the manifest'
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ class Encoded:
 
     ids: list[int]
     type_ids: list[int]
+    extra: dict = field(default_factory=dict)  # per-row scalar graph inputs (e.g. query_lengths)
 
 
 class Tokenizer:
@@ -49,9 +50,18 @@ class Tokenizer:
         encodings = self._for_length(max_length).encode_batch(texts, add_special_tokens=True)
         return [Encoded(e.ids, e.type_ids) for e in encodings]
 
+    def encode_plain(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """``tokenizer(texts, add_special_tokens=False[, truncation=True, max_length=n])['input_ids']``."""
+        tok = self._for_length(max_length if max_length is not None else 1 << 30)
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
     def decode_one(self, token_id: int, clean_up_tokenization_spaces: bool) -> str:
         """``tokenizer.decode([token_id])`` as transformers does it (special tokens kept)."""
-        text = self._for_length(1 << 30).decode([token_id], skip_special_tokens=False)
+        return self.decode([token_id], clean_up_tokenization_spaces)
+
+    def decode(self, ids: list[int], clean_up_tokenization_spaces: bool) -> str:
+        """``tokenizer.decode(ids)`` as transformers does it (special tokens kept)."""
+        text = self._for_length(1 << 30).decode(ids, skip_special_tokens=False)
         if clean_up_tokenization_spaces:  # transformers' clean_up_tokenization
             for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
@@ -75,9 +85,12 @@ class Tokenizer:
             out.append(Encoded(pair.ids, pair.type_ids))
         return out
 
-    def pad(self, batch: list[Encoded]) -> dict[str, np.ndarray]:
-        """Pad to the longest member: input_ids, attention_mask, token_type_ids (int64, (B, L))."""
+    def pad(self, batch: list[Encoded], pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:
+        """Pad to the longest member (rounded up to ``pad_to_multiple_of``): input_ids, attention_mask,
+        token_type_ids (int64, (B, L))."""
         n, length = len(batch), max(len(e.ids) for e in batch)
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         ids = np.full((n, length), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((n, length), dtype=np.int64)
         types = np.zeros((n, length), dtype=np.int64)

@@ -6,13 +6,37 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bge_export.export.onnx import compare_graph, ort_runner
+from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
 
 MODEL = "model.onnx"
 DATA = "model.onnx.data"
 # Fusions onnxscript reports that matter on ONNX Runtime CPU (the rest are intermediate rewrite steps).
-REPORTED_FUSIONS = ("attention", "skip_layer_normalization", "bias_gelu", "erf_gelu", "gelu")
+REPORTED_FUSIONS = ("attention", "skip_layer_normalization", "bias_gelu", "erf_gelu", "gelu", "rms_normalization",
+                    "skip_rms_normalization")
+
+
+def decoder_fusions(model):
+    """Norm and activation fusions only, for the decoder graphs: onnxscript's attention fusions turn decoder
+    attention into GroupQueryAttention, which ignores padding masks, sliding windows and soft-caps (engines.md
+    §2.2), so attention stays MatMul + Softmax."""
+    ir = require("onnx_ir")
+    core = require("onnxscript.rewriter.ort_fusions._core")
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
+    from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
+
+    model = core._pre_optimize(model)
+    counts = {"rms_normalization": fuse_rms_normalization(model),
+              "skip_rms_normalization": fuse_skip_rms_normalization(model), "gelu": fuse_gelu(model)}
+    optimize(model)
+    rewrite(model, core.ORT_PATTERN_REWRITE_RULES)
+    ir.passes.Sequential(ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
+                         ir.passes.common.RemoveInitializersFromInputsPass(),
+                         ir.passes.common.ShapeInferencePass())(model)
+    return model, counts
 
 
 @dataclass
@@ -43,12 +67,16 @@ def fuse(exported, out_dir: Path, family, log=print) -> BuildResult:
     fusions = require("onnxscript.rewriter.ort_fusions")
     start = time.perf_counter()
     model = ir.load(str(exported.path))
-    model, counts = fusions.optimize_for_ort(model)
+    if getattr(family, "ort_fusions", "transformer") == "decoder":
+        model, counts = decoder_fusions(model)
+    else:
+        model, counts = fusions.optimize_for_ort(model)
     files = _save(model, out_dir, exported.external_data)
     fired = {k: int(v) for k, v in counts.items() if v and k in REPORTED_FUSIONS}
     log(f"fused for ONNX Runtime in {time.perf_counter() - start:.1f}s: "
         + (", ".join(f"{k} x{v}" for k, v in fired.items()) or "no fusion fired"))
-    check = compare_graph(ort_runner(exported.path, family), out_dir / MODEL, family, tolerance=1e-4,
+    dtype = family.variant.get("export_dtype", "fp32")
+    check = compare_graph(ort_runner(exported.path, family), out_dir / MODEL, family, tolerance=CHECK_TOLERANCE[dtype],
                           what="the fused ORT graph")
     return BuildResult(files=files, info={"fusions": fired, "all_fusion_counts": {k: int(v) for k, v in counts.items()},
                                           "check_vs_exported": check})

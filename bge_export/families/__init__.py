@@ -6,6 +6,7 @@ from bge_export.families.base import (FAMILIES, Family, TensorSpec, family_from_
 
 # Importing a family module registers it. Keep these imports light (no torch at module level).
 from bge_export.families import cross_encoder as _cross_encoder  # noqa: E402,F401
+from bge_export.families import decoders as _decoders  # noqa: E402,F401
 from bge_export.families import encoder as _encoder  # noqa: E402,F401
 from bge_export.families import m3 as _m3  # noqa: E402,F401
 

@@ -42,8 +42,10 @@ class Family:
     targets: ClassVar[tuple[str, ...]]  # targets this family can be built for
     parity_outputs: ClassVar[tuple[str, ...]]  # the outputs its parity checks (rows of the tolerance table)
 
-    def __init_subclass__(cls, **kw):
+    def __init_subclass__(cls, abstract: bool = False, **kw):
         super().__init_subclass__(**kw)
+        if abstract:  # a shared base of several families (e.g. the decoders), never registered itself
+            return
         for attr in ("name", "reference_api", "description", "checkpoints", "targets", "parity_outputs"):
             if not hasattr(cls, attr):
                 raise TypeError(f"family class {cls.__name__} must define '{attr}'")

@@ -1,0 +1,159 @@
+"""Parity of the decoder families against FlagEmbedding's own classes (fp32, CPU, the §0.5 compatibility fixes
+applied to the reference instance by bge_export.reference).
+
+Rerankers: the pair token ids against FlagEmbedding's construction, scores against ``compute_score`` (one column
+per cutoff layer), both relative to the reference scores' spread, and the same scores again with the opposite
+padding side where the family allows both. Embedders: ``encode_queries`` (with an instruction; ICL also with
+examples), ``encode_corpus`` and ``encode`` cosines.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bge_export.parity import cosine_rows, dense_sample_values, gate, quiet_stderr, rerank_pairs, spearman
+
+QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
+ICL_EXAMPLES = [
+    {"instruct": QUERY_INSTRUCTION, "query": "what is a virtual interface",
+     "response": "A virtual interface is a software-defined abstraction that mimics a network interface."},
+    {"instruct": QUERY_INSTRUCTION, "query": "causes of back pain in female for a week",
+     "response": "Back pain in females lasting a week can stem from muscle strain or poor posture."},
+]
+
+
+def run(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
+    if family.name == "llm-embedder":
+        return embedder_parity(family, bundle_path, precision, texts, log=log)
+    return reranker_parity(family, bundle_path, precision, texts, log=log)
+
+
+def golden_values(model, sample: dict) -> dict:
+    if "pairs" in sample:
+        got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
+        ref = np.asarray(sample["reference"], dtype=np.float64)
+        spread = max(float(ref.max() - ref.min()), 1e-12)
+        return {"max_abs_rel_spread": float(np.abs(got - ref).max() / spread),
+                "spearman": spearman(ref.ravel(), got.ravel())}
+    return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
+
+
+# --- rerankers ----------------------------------------------------------------------------------------------
+
+def _score_options(family) -> dict:
+    v = family.variant
+    if family.name == "layerwise-reranker":
+        return {"cutoff_layers": v["cutoff_layers"]}
+    if family.name == "compressed-reranker":
+        return {"cutoff_layers": v["cutoff_layers"], "compress_ratio": v["compress_ratio"],
+                "compress_layers": v["compress_layers"]}
+    return {}
+
+
+def reference_pair_ids(family, reference, pairs, query_max_length: int, max_length: int) -> list[list[int]]:
+    """FlagEmbedding's pair token ids, built with its own tokenizer and truncation helper."""
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    tok = reference.tokenizer
+    prompt = family.runtime_defaults()["prompt"]
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    sep = tok("\n", add_special_tokens=False)["input_ids"]
+    always_bos = family.name != "llm-reranker"
+    add_bos = always_bos or (tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id)
+    out = []
+    for q, p in pairs:
+        q_ids = tok("A: " + q, add_special_tokens=False, max_length=query_max_length, truncation=True)["input_ids"]
+        p_ids = tok("B: " + p, add_special_tokens=False, max_length=max_length, truncation=True)["input_ids"]
+        item = prepare_for_model_compat(tok, ([tok.bos_token_id] if add_bos else []) + q_ids, sep + p_ids,
+                                        truncation="only_second", max_length=max_length + len(sep) + len(prompt_ids),
+                                        padding=False, return_attention_mask=False, return_token_type_ids=False,
+                                        add_special_tokens=False)
+        out.append(item["input_ids"] + sep + prompt_ids)
+    return out
+
+
+def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
+    import runtimes
+
+    reference = family.reference()
+    model = runtimes.load(bundle_path, batch_size=16)
+    pairs, edge_pairs = rerank_pairs(texts)
+    everything = pairs[:160] + edge_pairs
+    n = model.max_length
+    options = _score_options(family)
+
+    mismatched = 0
+    for ml in (n, 32):
+        want = reference_pair_ids(family, reference, everything, ml * 3 // 4, ml)
+        got = model.build_pairs(["A: " + q for q, _ in everything], ["B: " + p for _, p in everything],
+                                ml * 3 // 4, ml, None)
+        mismatched += sum(w != g.ids for w, g in zip(want, got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
+
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
+    with quiet_stderr():
+        ref = np.asarray(reference.compute_score(everything, batch_size=32, max_length=n, **options), dtype=np.float64)
+        ref_short = np.asarray(reference.compute_score(edge_pairs, max_length=32, **options), dtype=np.float64)
+        ref_single = np.asarray(reference.compute_score(edge_pairs[:8], batch_size=1, max_length=n, **options),
+                                dtype=np.float64)
+    got = np.asarray(model.compute_score(everything), dtype=np.float64)
+    got_short = np.asarray(model.compute_score(edge_pairs, max_length=32), dtype=np.float64)
+    # one column per cutoff layer: (n_cutoff, N) -> compare all of them
+    r = np.concatenate([ref.reshape(-1, len(everything)), ref_short.reshape(-1, len(edge_pairs))], axis=1)
+    g = np.concatenate([got.reshape(-1, len(everything)), got_short.reshape(-1, len(edge_pairs))], axis=1)
+    spread = max(float(r.max() - r.min()), 1e-12)
+    values = {"max_abs_rel_spread": float(np.abs(r - g).max() / spread), "max_abs": float(np.abs(r - g).max()),
+              "score_spread": spread, "spearman": min(spearman(a, b) for a, b in zip(r, g)),
+              "reference_self_max_abs": float(np.abs(ref_single.reshape(-1, 8)
+                                                     - ref.reshape(-1, len(everything))[:, len(pairs[:160]):][:, :8]).max())}
+    notes = {"score_spread": "max - min of the reference scores", "max_abs_rel_spread": "max |ref - bundle| / spread",
+             "reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"}
+    if family.name != "compressed-reranker":  # FlagEmbedding forces right padding there
+        model.tokenizer.padding_side = "left" if model.tokenizer.padding_side == "right" else "right"
+        flipped = np.asarray(model.compute_score(everything), dtype=np.float64).reshape(-1, len(everything))
+        model.tokenizer.padding_side = "left" if model.tokenizer.padding_side == "right" else "right"
+        values["padding_side_max_abs_rel_spread"] = float(np.abs(flipped - g[:, :len(everything)]).max() / spread)
+        notes["padding_side_max_abs_rel_spread"] = "the bundle with left vs right padding"
+    checks += gate(family.name, "score", precision, values, notes)
+    n_main = len(pairs[:160])
+    golden = {"pairs": edge_pairs, "reference": ref[n_main:] if ref.ndim == 1 else ref[:, n_main:],
+              "n_texts": len(everything)}
+    return checks, golden
+
+
+# --- embedders ----------------------------------------------------------------------------------------------
+
+def embedder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
+    import runtimes
+
+    icl = family.variant["api"] == "FlagICLModel"
+    reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    model = runtimes.load(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
+
+    from bge_export.parity import text_token_mismatches
+
+    checks = gate(family.name, "tokens", "*",
+                  {"mismatched_texts": text_token_mismatches(family, model, edge + queries + corpus, 512)})
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on "
+        f"{len(edge) + 2 * len(queries) + len(corpus)} texts")
+    with quiet_stderr():
+        ref = [reference.encode(edge + corpus, batch_size=32), reference.encode_queries(queries + edge, batch_size=32),
+               reference.encode(edge, max_length=16)]
+        ref_single = reference.encode(edge[:8], batch_size=1)
+    got = [model.encode(edge + corpus), model.encode_queries(queries + edge), model.encode(edge, max_length=16)]
+    if icl:  # the in-context examples prefix, set on both sides
+        with quiet_stderr():
+            reference.set_examples(ICL_EXAMPLES)
+            ref.append(reference.encode_queries(queries + edge, batch_size=32))
+        model.set_examples(ICL_EXAMPLES)
+        got.append(model.encode_queries(queries + edge))
+    r, g = np.concatenate(ref), np.concatenate(got)
+    cos = cosine_rows(r, g)
+    values = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(r - g).max()),
+              "reference_self_max_abs": float(np.abs(ref_single - ref[0][:8]).max())}
+    checks += gate(family.name, "dense", precision, values,
+                   {"reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"})
+    golden = {"texts": list(edge), "reference": ref[0][:len(edge)], "n_texts": sum(len(x) for x in ref)}
+    return checks, golden

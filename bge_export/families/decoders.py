@@ -1,0 +1,415 @@
+"""The decoder-only families: LLM reranker, layer-wise MiniCPM reranker, token-compressed Gemma2 reranker and the
+LLM embedders (bge-multilingual-gemma2, bge-en-icl).
+
+Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code); prompt building
+stays on the host (runtimes/llm.py), exactly as FlagEmbedding builds it. Cutoff layers, compression settings,
+the Gemma2 attention choice and the export dtype are export-time variants recorded in the manifest.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_export.errors import CheckpointError, UnsupportedFamilyError
+from bge_export.families.base import Family, TensorSpec, register_family
+
+EXPORT_DTYPES = ("fp32", "fp16", "bf16")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+LLM_RERANK_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
+                     "by providing a prediction of either 'Yes' or 'No'.")
+LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
+
+
+def parse_layers(value, what: str) -> list[int] | None:
+    """'28,40' / [28, 40] / 28 -> [28, 40]; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise UnsupportedFamilyError(f"{what} must be comma-separated layer numbers such as 28,40; got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                    for v in value):
+        raise UnsupportedFamilyError(f"{what} must be a non-empty list of layer numbers, got {value!r}")
+    return list(value)
+
+
+class DecoderFamily(Family, abstract=True):
+    """What the decoder families share: config checks, model info, FLOPs, the export dtype variant."""
+
+    targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+    export_module_is_reference = True  # our own implementation: the export check reuses the exported module
+    ort_fusions = "decoder"  # norms only; attention stays unfused (build/ort.py)
+    model_types: tuple[str, ...] = ()
+    variant_keys: tuple[str, ...] = ("export_dtype",)
+
+    def __init__(self, ckpt, **variant_options):
+        if not any(ckpt.has(f) for f in TOKENIZER_FILES):
+            raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+                                  "tokenizer files of the original checkpoint next to the weights")
+        from bge_export.export.decoders import spec_from_config
+
+        spec_from_config(ckpt.config, ckpt.path)  # fails early on missing or unsupported config fields
+        super().__init__(ckpt, **variant_options)
+
+    @classmethod
+    def options_from_variant(cls, variant: dict) -> dict:
+        return {k: variant[k] for k in cls.variant_keys if k in variant}
+
+    def common_variant(self, options: dict) -> dict:
+        if options.pop("pooling", None) is not None:
+            raise UnsupportedFamilyError(f"--pooling does not apply to the {self.name} family (it pools the last token)")
+        dtype = options.pop("export_dtype", None) or "fp32"
+        if dtype not in EXPORT_DTYPES:
+            raise UnsupportedFamilyError(f"--export-dtype {dtype} is not supported; choose one of {', '.join(EXPORT_DTYPES)}")
+        unknown = {k: v for k, v in options.items() if v is not None}
+        if unknown:
+            raise UnsupportedFamilyError(f"the {self.name} family has no option(s) {sorted(unknown)}")
+        return {"architecture": self.ckpt.config["model_type"], "export_dtype": dtype}
+
+    def spec(self):
+        from bge_export.export.decoders import spec_from_config
+
+        return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=self.variant.get("attention") != "sdpa")
+
+    def layers_in_graph(self) -> int:
+        return int(self.ckpt.config["num_hidden_layers"])
+
+    def model_info(self) -> dict:
+        s = self.spec()
+        return {"model_type": self.ckpt.config["model_type"], "hidden_size": s.hidden, "num_hidden_layers": s.layers,
+                "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
+                "intermediate_size": s.intermediate, "vocab_size": s.vocab, "layers_in_graph": self.layers_in_graph()}
+
+    @classmethod
+    def flops(cls, info: dict, batch: int, seq: int) -> float:
+        h, i, n = info["hidden_size"], info["intermediate_size"], info["layers_in_graph"]
+        q, kv = info["num_attention_heads"] * info["head_dim"], info["num_key_value_heads"] * info["head_dim"]
+        per_token_layer = 2 * (2 * h * q + 2 * h * kv + 3 * h * i) + 2 * 2 * seq * q
+        return float(batch * seq * n * per_token_layer)
+
+    def max_sequence_length(self) -> int:
+        return int(self.ckpt.config.get("max_position_embeddings") or 8192)
+
+    def torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.variant["export_dtype"]]
+
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]
+
+    def tokenizer(self):
+        from runtimes._optional import require
+
+        return require("transformers").AutoTokenizer.from_pretrained(str(self.ckpt.path))
+
+    def pair_defaults(self, tok, prompt: str) -> dict:
+        """What the LLM rerankers' pair building needs on the host (FlagEmbedding's own defaults)."""
+        bos = tok.bos_token_id
+        return {"max_length": 512, "prompt": prompt, "bos_token_id": bos,
+                "add_bos": bos is not None and bos != tok.pad_token_id, "pad_to_multiple_of": 8,
+                "query_instruction_for_rerank": "A: ", "passage_instruction_for_rerank": "B: "}
+
+    def build(self, head_layers: int, state=None):
+        from bge_export.export.decoders import build_stack
+
+        return build_stack(self.ckpt.path, self.spec(), head_layers, self.torch_dtype(), state)
+
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
+        from bge_export import decoder_parity
+
+        return decoder_parity.run(self, bundle_path, precision, texts, log=log)
+
+    @staticmethod
+    def golden_values(model, sample: dict) -> dict:
+        from bge_export import decoder_parity
+
+        return decoder_parity.golden_values(model, sample)
+
+
+@register_family
+class LLMRerankerFamily(DecoderFamily):
+    name = "llm-reranker"
+    reference_api = "FlagLLMReranker"
+    description = "LLM reranker scoring the 'Yes' logit of a causal LM: bge-reranker-v2-gemma"
+    checkpoints = ("BAAI/bge-reranker-v2-gemma",)
+    parity_outputs = ("tokens", "score", "golden")
+    model_types = ("gemma", "gemma2", "llama", "mistral")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        mtype = ckpt.config.get("model_type")
+        return mtype in cls.model_types and (ckpt.config.get("architectures") or [""])[0].endswith("ForCausalLM")
+
+    def make_variant(self, **options: Any) -> dict:
+        variant = self.common_variant(options)
+        tok = self.tokenizer()
+        ids = tok("Yes", add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise CheckpointError(f"{self.ckpt.path}: the tokenizer has no token for 'Yes'; it is not an LLM reranker")
+        return {**variant, "yes_token_id": int(ids[0])}
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("score", "float32", ("batch",))]
+
+    def runtime_defaults(self) -> dict:
+        return self.pair_defaults(self.tokenizer(), LLM_RERANK_PROMPT)
+
+    def torch_module(self, *, reference: bool = False):
+        from bge_export.export.decoders import YesScorer, load_state_dict
+
+        state = load_state_dict(self.ckpt.path)
+        cfg = self.ckpt.config
+        head = state.get("lm_head.weight")
+        if head is None:  # tied embeddings (Gemma)
+            head = state.get("model.embed_tokens.weight", state.get("embed_tokens.weight"))
+        stack = self.build(self.layers_in_graph(), state)
+        return YesScorer(stack, head[self.variant["yes_token_id"]], cfg.get("final_logit_softcapping")).eval()
+
+    def reference(self, **kwargs):
+        from bge_export import reference
+
+        return reference.llm_reranker(str(self.ckpt.path), **kwargs)
+
+
+@register_family
+class LayerwiseRerankerFamily(DecoderFamily):
+    name = "layerwise-reranker"
+    reference_api = "LayerWiseFlagLLMReranker"
+    description = "layer-wise MiniCPM reranker, one score per cutoff layer: bge-reranker-v2-minicpm-layerwise"
+    checkpoints = ("BAAI/bge-reranker-v2-minicpm-layerwise",)
+    parity_outputs = ("tokens", "score", "golden")
+    variant_keys = ("export_dtype", "cutoff_layers")
+    REQUIRED = ("start_layer", "scale_emb", "scale_depth", "head_type")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        return ckpt.config.get("model_type") == "minicpm"
+
+    def __init__(self, ckpt, **variant_options):
+        missing = [k for k in self.REQUIRED if k not in ckpt.config]
+        if missing:
+            raise CheckpointError(f"{ckpt.path}/config.json lacks the layer-wise reranker fields {missing}; restore "
+                                  "config.json of the original bge-reranker-v2-minicpm-layerwise checkpoint")
+        if ckpt.config["head_type"] != "simple" or not ckpt.config.get("head_multi", True):
+            raise CheckpointError(f"{ckpt.path}: head_type={ckpt.config['head_type']!r}, head_multi="
+                                  f"{ckpt.config.get('head_multi')!r}; FlagEmbedding's layer-wise reranker (and "
+                                  "bge-export) serve head_type 'simple' with one head per layer")
+        super().__init__(ckpt, **variant_options)
+
+    def valid_cutoffs(self) -> list[int]:
+        return list(range(int(self.ckpt.config["start_layer"]), int(self.ckpt.config["num_hidden_layers"]) + 1))
+
+    def make_variant(self, *, cutoff_layers=None, **options: Any) -> dict:
+        variant = self.common_variant(options)
+        valid = self.valid_cutoffs()
+        cutoffs = parse_layers(cutoff_layers, "--cutoff-layers") or [valid[-1]]
+        bad = [c for c in cutoffs if c not in valid]
+        if bad:
+            raise UnsupportedFamilyError(f"--cutoff-layers {bad} are outside this model's scoring layers "
+                                         f"{valid[0]}..{valid[-1]} (start_layer..num_hidden_layers)")
+        return {**variant, "cutoff_layers": sorted(set(cutoffs))}
+
+    def layers_in_graph(self) -> int:
+        return max(self.variant["cutoff_layers"])
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("scores", "float32", ("batch", len(self.variant["cutoff_layers"])))]
+
+    def runtime_defaults(self) -> dict:
+        tok = self.tokenizer()
+        if tok.bos_token_id is None or tok.pad_token_id is None:
+            raise CheckpointError(f"{self.ckpt.path}: the layer-wise reranker needs a tokenizer with bos and pad tokens")
+        return {**self.pair_defaults(tok, LLM_RERANK_PROMPT), "add_bos": True,
+                "cutoff_layers": self.variant["cutoff_layers"], "valid_cutoff_layers": self.valid_cutoffs()}
+
+    def torch_module(self, *, reference: bool = False):
+        import torch
+
+        from bge_export.export.decoders import LayerwiseScorer, load_state_dict
+
+        state = load_state_dict(self.ckpt.path)
+        start = int(self.ckpt.config["start_layer"])
+        try:
+            heads = torch.stack([state[f"lm_head.{c - start}.linear_head.weight"][0] for c in self.variant["cutoff_layers"]])
+        except KeyError as exc:
+            raise CheckpointError(f"{self.ckpt.path}: the weights lack the scoring head {exc.args[0]}; the checkpoint "
+                                  "is incomplete") from None
+        return LayerwiseScorer(self.build(self.layers_in_graph(), state), self.variant["cutoff_layers"], heads).eval()
+
+    def reference(self, **kwargs):
+        from bge_export import reference
+
+        return reference.layerwise_reranker(str(self.ckpt.path), **kwargs)
+
+
+@register_family
+class CompressedRerankerFamily(DecoderFamily):
+    name = "compressed-reranker"
+    reference_api = "LightWeightFlagLLMReranker"
+    description = ("token-compressed Gemma2 reranker with cutoff layers: bge-reranker-v2.5-gemma2-lightweight")
+    checkpoints = ("BAAI/bge-reranker-v2.5-gemma2-lightweight",)
+    parity_outputs = ("tokens", "score", "golden")
+    variant_keys = ("export_dtype", "cutoff_layers", "compress_ratio", "compress_layers")
+    REQUIRED = ("start_layer", "layer_sep", "layer_wise")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        return ckpt.config.get("model_type") == "cost_wise_gemma"
+
+    def __init__(self, ckpt, **variant_options):
+        missing = [k for k in self.REQUIRED if k not in ckpt.config]
+        if missing:
+            raise CheckpointError(f"{ckpt.path}/config.json lacks the lightweight reranker fields {missing}; restore "
+                                  "config.json of the original bge-reranker-v2.5-gemma2-lightweight checkpoint")
+        if not ckpt.config["layer_wise"]:
+            raise CheckpointError(f"{ckpt.path}: layer_wise is false; FlagEmbedding's lightweight reranker (and "
+                                  "bge-export) need the layer-wise heads")
+        super().__init__(ckpt, **variant_options)
+
+    def spec(self):
+        # FlagEmbedding runs this model's Gemma2 layers with SDPA attention, which has no attention soft-cap
+        # (reference-semantics §0.6); the graph follows the reference.
+        from bge_export.export.decoders import spec_from_config
+
+        return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=False)
+
+    def valid_cutoffs(self) -> list[int]:
+        c = self.ckpt.config
+        return list(range(int(c["start_layer"]), int(c["num_hidden_layers"]) + 1, int(c["layer_sep"])))
+
+    def make_variant(self, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any) -> dict:
+        variant = self.common_variant(options)
+        valid = self.valid_cutoffs()
+        cutoffs = parse_layers(cutoff_layers, "--cutoff-layers") or [int(self.ckpt.config["num_hidden_layers"])]
+        bad = [c for c in cutoffs if c not in valid]
+        if bad:
+            raise UnsupportedFamilyError(f"--cutoff-layers {bad} are not scoring layers of this model; it has "
+                                         f"{valid} (range(start_layer, num_hidden_layers + 1, layer_sep))")
+        ratio = 1 if compress_ratio is None else compress_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+            raise UnsupportedFamilyError(f"--compress-ratio must be a positive int (1 = no compression), got {ratio!r}")
+        layers = parse_layers(compress_layers, "--compress-layers") or [8]
+        n = int(self.ckpt.config["num_hidden_layers"])
+        if any(not 0 <= x <= n for x in layers):
+            raise UnsupportedFamilyError(f"--compress-layers {layers} must lie in 0..{n}")
+        cutoffs = sorted(set(cutoffs))
+        return {**variant, "cutoff_layers": cutoffs, "compress_ratio": ratio, "compress_layers": sorted(set(layers)),
+                "effective_compress_layers": effective_compress_layers(cutoffs, ratio, layers)}
+
+    def layers_in_graph(self) -> int:
+        return max(self.variant["cutoff_layers"])
+
+    def inputs(self) -> list[TensorSpec]:
+        return super().inputs() + [TensorSpec(n, "int64", ("batch",)) for n in ("query_lengths", "prompt_lengths")]
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("scores", "float32", ("batch", len(self.variant["cutoff_layers"])))]
+
+    def runtime_defaults(self) -> dict:
+        tok = self.tokenizer()
+        v = self.variant
+        return {**self.pair_defaults(tok, LIGHTWEIGHT_PROMPT), "add_bos": True, "padding_side": "right",
+                "cutoff_layers": v["cutoff_layers"], "valid_cutoff_layers": self.valid_cutoffs(),
+                "compress_ratio": v["compress_ratio"], "compress_layers": v["compress_layers"],
+                "effective_compress_layers": v["effective_compress_layers"]}
+
+    def torch_module(self, *, reference: bool = False):
+        import torch
+
+        from bge_export.export.decoders import CompressedScorer, load_state_dict
+
+        state = load_state_dict(self.ckpt.path)
+        v = self.variant
+        try:  # FlagEmbedding scores the i-th recorded state with head i (not the head of that layer)
+            heads = torch.stack([state[f"lm_head.{i}.linear_head.weight"][0] for i in range(len(v["cutoff_layers"]))])
+        except KeyError as exc:
+            raise CheckpointError(f"{self.ckpt.path}: the weights lack the scoring head {exc.args[0]}; the checkpoint "
+                                  "is incomplete") from None
+        return CompressedScorer(self.build(self.layers_in_graph(), state), v["cutoff_layers"], heads,
+                                v["compress_ratio"], v["compress_layers"],
+                                self.ckpt.config.get("final_logit_softcapping")).eval()
+
+    def example_feeds(self, feeds: dict) -> dict:
+        """Consistent per-row lengths for the export check: about a third query, a quarter prompt."""
+        import numpy as np
+
+        real = feeds["attention_mask"].sum(1)
+        q = np.maximum(1, real // 3)
+        r = np.maximum(1, real // 4)
+        return {**feeds, "query_lengths": q.astype(np.int64), "prompt_lengths": np.minimum(r, real - q).astype(np.int64)}
+
+    def reference(self, **kwargs):
+        from bge_export import reference
+
+        return reference.lightweight_reranker(str(self.ckpt.path), **kwargs)
+
+
+def effective_compress_layers(cutoffs: list[int], ratio: int, layers: list[int]) -> list[int]:
+    """The layers before which compression really happens: FlagEmbedding skips layer 0 and stops at max(cutoffs)."""
+    return sorted({x for x in layers if 0 < x < max(cutoffs)}) if ratio > 1 else []
+
+
+@register_family
+class LLMEmbedderFamily(DecoderFamily):
+    name = "llm-embedder"
+    reference_api = "FlagLLMModel"
+    description = "decoder-only embedders with last-token pooling: bge-multilingual-gemma2, bge-en-icl (ICL prompts)"
+    checkpoints = ("BAAI/bge-multilingual-gemma2", "BAAI/bge-en-icl")
+    parity_outputs = ("tokens", "dense", "golden")
+    model_types = ("gemma2", "mistral", "llama", "gemma")
+    variant_keys = ("export_dtype", "api", "attention")
+    APIS = ("FlagLLMModel", "FlagICLModel")
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        mtype = ckpt.config.get("model_type")
+        archs = ckpt.config.get("architectures") or [""]
+        return mtype in cls.model_types and archs[0].endswith("Model") and not archs[0].endswith("ForCausalLM")
+
+    def __init__(self, ckpt, **variant_options):
+        super().__init__(ckpt, **variant_options)
+        self.reference_api = self.variant["api"]  # per checkpoint: FlagLLMModel or FlagICLModel
+
+    def make_variant(self, *, api=None, attention=None, **options: Any) -> dict:
+        variant = self.common_variant(options)
+        if api is None:  # FlagEmbedding's own dispatch: bge-en-icl is the in-context-learning model
+            api = "FlagICLModel" if "icl" in self.ckpt.name.lower() else "FlagLLMModel"
+        if api not in self.APIS:
+            raise UnsupportedFamilyError(f"--embedder-api {api} is not one of {', '.join(self.APIS)}")
+        gemma2 = self.ckpt.config["model_type"] == "gemma2"
+        attention = attention or "eager"
+        if attention not in ("eager", "sdpa"):
+            raise UnsupportedFamilyError(f"--attention {attention} is not one of eager, sdpa")
+        # Gemma2's attention soft-cap exists only in eager attention (transformers' SDPA drops it, §0.6): the
+        # graph implements the choice and the reference is pinned to the same implementation.
+        return {**variant, "api": api, "attention": attention,
+                "attn_softcap": bool(gemma2 and attention == "eager" and self.ckpt.config.get("attn_logit_softcapping"))}
+
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
+
+    def runtime_defaults(self) -> dict:
+        tok = self.tokenizer()
+        d = {"max_length": 512, "eos_token": tok.eos_token, "bos_token": tok.bos_token,
+             "clean_up_tokenization_spaces": bool(tok.clean_up_tokenization_spaces)}
+        if self.variant["api"] == "FlagICLModel":
+            d.update(query_instruction_format="<instruct>{}\n<query>{}", suffix="\n<response>",
+                     examples_instruction_format="<instruct>{}\n<query>{}\n<response>{}")
+        else:
+            d.update(query_instruction_format="Instruct: {}\nQuery: {}")
+        return d
+
+    def torch_module(self, *, reference: bool = False):
+        from bge_export.export.decoders import LastTokenEmbedder
+
+        return LastTokenEmbedder(self.build(self.layers_in_graph())).eval()
+
+    def reference(self, **kwargs):
+        from bge_export import reference
+
+        fn = reference.icl_embedder if self.variant["api"] == "FlagICLModel" else reference.llm_embedder
+        return fn(str(self.ckpt.path), attn_implementation=self.variant["attention"], **kwargs)

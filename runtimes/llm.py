@@ -1,0 +1,280 @@
+"""The decoder families' runtimes: FlagEmbedding's FlagLLMReranker, LayerWiseFlagLLMReranker,
+LightWeightFlagLLMReranker, FlagLLMModel and FlagICLModel APIs on an engine bundle.
+
+Prompt and pair building happen here, token for token as FlagEmbedding builds them (reference-semantics §3-§8):
+``[bos] + "A: "query`` (cut to query_max_length), ``"\\n" + "B: "passage`` (cut to max_length and then so that the
+pair fits ``max_length + len(sep) + len(prompt)``), then ``"\\n" + prompt``; batches padded to a multiple of 8.
+Export-time variants (cutoff layers, compression) are fixed in the graph: asking for others is a clear error.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtimes.bundle import Bundle
+from runtimes.encoder import EncoderModel
+from runtimes.errors import IncompatibleBundleError, InputError
+from runtimes.postprocess import finish_embeddings
+from runtimes.reranker import CrossEncoderModel
+from runtimes.tokenizer import Encoded
+
+
+def _layers(value, what: str) -> list[int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [int(value)]
+    if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        raise InputError(f"{what} must be an int or a non-empty list of ints, got {value!r}")
+    return [int(v) for v in value]
+
+
+class LLMRerankerModel(CrossEncoderModel):
+    """Drop-in for ``FlagEmbedding.FlagLLMReranker``: ``compute_score(pairs, normalize=False, prompt=None)`` returns
+    a list of floats (the "Yes" logit of each pair, or its sigmoid), even for one pair."""
+
+    output_name = "score"
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        query_instruction_for_rerank: str | None = "A: ",
+        query_instruction_format: str = "{}{}",
+        passage_instruction_for_rerank: str | None = "B: ",
+        passage_instruction_format: str = "{}{}",
+        prompt: str | None = None,
+        batch_size: int = 128,
+        query_max_length: int | None = None,
+        max_length: int = 512,
+        normalize: bool = False,
+        backend_options: dict | None = None,
+    ):
+        super().__init__(bundle, query_instruction_for_rerank=query_instruction_for_rerank,
+                         query_instruction_format=query_instruction_format,
+                         passage_instruction_for_rerank=passage_instruction_for_rerank,
+                         passage_instruction_format=passage_instruction_format, batch_size=batch_size,
+                         query_max_length=query_max_length, max_length=max_length, normalize=normalize,
+                         backend_options=backend_options)
+        self.prompt = self._check_prompt(prompt)
+        self.pad_to_multiple_of = int(self.defaults.get("pad_to_multiple_of") or 8)
+        self.bos_token_id = self.defaults.get("bos_token_id")
+        self.add_bos = bool(self.defaults.get("add_bos"))
+        self.sep_ids = self.tokenizer.encode_plain(["\n"])[0]
+
+    @staticmethod
+    def _check_prompt(prompt):
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError(f"prompt must be a str or None, got {type(prompt).__name__}")
+        return prompt
+
+    def score_options(self, kwargs: dict) -> dict:
+        prompt = self._check_prompt(kwargs.pop("prompt", None))
+        if kwargs:
+            raise InputError(f"compute_score() got unsupported keyword arguments {sorted(kwargs)}")
+        return {"prompt": prompt}
+
+    def build_pairs(self, queries, passages, query_max_length: int, max_length: int, prompt: str | None):
+        """FlagEmbedding's token-level pair building; each Encoded also carries the query / prompt lengths that
+        the compressed reranker's graph reads."""
+        prompt = prompt if prompt is not None else (self.prompt if self.prompt is not None else self.defaults["prompt"])
+        prompt_ids = self.tokenizer.encode_plain([prompt])[0]
+        sep = self.sep_ids
+        limit = max_length + len(sep) + len(prompt_ids)
+        q_ids = self.tokenizer.encode_plain(queries, query_max_length)
+        p_ids = self.tokenizer.encode_plain(passages, max_length)
+        head = [self.bos_token_id] if self.add_bos else []
+        out = []
+        for q, p in zip(q_ids, p_ids):
+            first, second = head + q, sep + p
+            excess = len(first) + len(second) - limit
+            if 0 < excess < len(second):  # 'only_second' truncation; too short to absorb it: left as is
+                second = second[:-excess] if self.tokenizer.truncation_side == "right" else second[excess:]
+            ids = first + second + sep + prompt_ids
+            if len(ids) > self.max_supported_length:
+                raise InputError(
+                    f"a pair takes {len(ids)} tokens with the prompt ({len(prompt_ids)} tokens), above the model's "
+                    f"position limit {self.max_supported_length}; use a shorter prompt or a smaller max_length")
+            out.append(Encoded(ids, [0] * len(ids), {"query_lengths": len(first) + len(sep),
+                                                     "prompt_lengths": len(sep) + len(prompt_ids)}))
+        return out
+
+    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length, prompt=None) -> np.ndarray:
+        encoded = self.build_pairs(queries, passages, query_max_length, max_length, prompt)
+        return self.run_encoded(encoded, batch_size, output=self.output_name).astype(np.float64)
+
+
+class LayerWiseRerankerModel(LLMRerankerModel):
+    """Drop-in for ``LayerWiseFlagLLMReranker``: ``compute_score(pairs, cutoff_layers=None)`` returns a list of floats
+    for one cutoff layer, else one list per cutoff layer. ``cutoff_layers=None`` means the layers the bundle was
+    built for; any subset of them can be asked for (in ascending order)."""
+
+    output_name = "scores"
+
+    def __init__(self, bundle: Bundle, *, cutoff_layers=None, **options: Any):
+        super().__init__(bundle, **options)
+        self.built_cutoffs = list(self.defaults["cutoff_layers"])
+        if cutoff_layers is not None:
+            self.select_cutoffs(cutoff_layers)  # validated now, applied per call
+        self.cutoff_layers = cutoff_layers
+
+    def select_cutoffs(self, value) -> list[int]:
+        """Columns of the graph's scores for the requested cutoff layers."""
+        layers = _layers(value, "cutoff_layers")
+        if layers != sorted(set(layers)):
+            raise InputError(f"cutoff_layers {layers} must be given in ascending order without repeats (FlagEmbedding "
+                             "pairs an unsorted list with the wrong heads)")
+        missing = [c for c in layers if c not in self.built_cutoffs]
+        if missing:
+            raise IncompatibleBundleError(
+                f"this bundle was built for cutoff layers {self.built_cutoffs}, not {missing}; rebuild it with "
+                f"`bge-export --cutoff-layers {','.join(map(str, sorted(set(self.built_cutoffs) | set(layers))))}`")
+        return [self.built_cutoffs.index(c) for c in layers]
+
+    def score_options(self, kwargs: dict) -> dict:
+        value = kwargs.pop("cutoff_layers", None)
+        value = value if value is not None else self.cutoff_layers
+        columns = list(range(len(self.built_cutoffs))) if value is None else self.select_cutoffs(value)
+        return {**super().score_options(kwargs), "columns": columns}
+
+    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length, prompt=None,
+                    columns=None) -> np.ndarray:
+        scores = super().score_pairs(queries, passages, batch_size, query_max_length, max_length, prompt)
+        return scores[:, columns].T  # (n_cutoffs, N)
+
+    @staticmethod
+    def format_scores(scores: np.ndarray):
+        lists = [[float(s) for s in row] for row in scores]
+        return lists[0] if len(lists) == 1 else lists
+
+
+class LightWeightRerankerModel(LayerWiseRerankerModel):
+    """Drop-in for ``LightWeightFlagLLMReranker``: ``compute_score(pairs, cutoff_layers=None, compress_ratio=None,
+    compress_layers=None)``. The cutoff layers and compression are compiled into the graph; ``None`` means the
+    bundle's settings, other values must match them (a leading subset of the cutoff layers is fine). Padding is
+    always on the right, as FlagEmbedding forces it (token compression needs it)."""
+
+    def __init__(self, bundle: Bundle, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any):
+        options.setdefault("query_instruction_for_rerank", "A: ")
+        super().__init__(bundle, **options)
+        self.tokenizer.padding_side = "right"
+        self.cutoff_layers = cutoff_layers
+        self.compress_ratio, self.compress_layers = compress_ratio, compress_layers
+        self.score_options({})  # validate the constructor's settings now
+
+    def select_cutoffs(self, value) -> list[int]:
+        # FlagEmbedding records states in ascending layer order and scores the i-th with head i: a leading
+        # subset of the built cutoffs uses the same heads, any other subset would not.
+        layers = sorted(set(_layers(value, "cutoff_layers")))
+        if layers != self.built_cutoffs[:len(layers)]:
+            raise IncompatibleBundleError(
+                f"this bundle was built for cutoff layers {self.built_cutoffs} (it serves {self.built_cutoffs} or a "
+                f"leading part of it), not {layers}; rebuild it with `bge-export --cutoff-layers "
+                f"{','.join(map(str, layers))}`")
+        return list(range(len(layers)))
+
+    def score_options(self, kwargs: dict) -> dict:
+        ratio = kwargs.pop("compress_ratio", None)
+        layers = kwargs.pop("compress_layers", None)
+        alias = kwargs.pop("compress_layer", None)  # FlagEmbedding's deprecated spelling
+        layers = layers if layers is not None else alias
+        ratio = ratio if ratio is not None else self.compress_ratio
+        layers = layers if layers is not None else self.compress_layers
+        out = super().score_options(kwargs)
+        d = self.defaults
+        if ratio is not None or layers is not None:
+            r = d["compress_ratio"] if ratio is None else ratio
+            if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+                raise InputError(f"compress_ratio must be a positive int, got {r!r}")
+            asked = d["compress_layers"] if layers is None else _layers(layers, "compress_layers")
+            cut = max(d["cutoff_layers"])
+            effective = sorted({x for x in asked if 0 < x < cut}) if r > 1 else []
+            if (int(r) if effective else 1) != (d["compress_ratio"] if d["effective_compress_layers"] else 1) \
+                    or effective != d["effective_compress_layers"]:
+                raise IncompatibleBundleError(
+                    f"this bundle was built with compress_ratio={d['compress_ratio']}, compress_layers="
+                    f"{d['compress_layers']} (compression before layers {d['effective_compress_layers'] or 'none'}); "
+                    f"compress_ratio={r}, compress_layers={asked} needs another bundle: rebuild with "
+                    f"`bge-export --compress-ratio {r} --compress-layers {','.join(map(str, asked))}`")
+        return out
+
+
+class LLMEmbedderModel(EncoderModel):
+    """Drop-in for ``FlagEmbedding.FlagLLMModel`` (bge-multilingual-gemma2): last-token embeddings, queries with
+    ``query_instruction_format`` (default ``"Instruct: {}\\nQuery: {}"``, the class's own default)."""
+
+    output_name = "pooled"  # the last-token hidden state (the same name as the encoder graphs)
+
+    def __init__(self, bundle: Bundle, *, query_instruction_format: str | None = None, query_max_length: int = 512,
+                 passage_max_length: int = 512, **options: Any):
+        fmt = query_instruction_format if query_instruction_format is not None else \
+            bundle.manifest.runtime["defaults"]["query_instruction_format"]
+        super().__init__(bundle, query_instruction_format=fmt, query_max_length=query_max_length,
+                         passage_max_length=passage_max_length, **options)
+
+
+class ICLEmbedderModel(LLMEmbedderModel):
+    """Drop-in for ``FlagEmbedding.FlagICLModel`` (bge-en-icl): queries get the in-context examples as a prefix and
+    ``suffix`` after a decode / re-encode round trip of the truncated query, exactly as FlagICLModel builds them;
+    passages (``encode_corpus`` / ``encode``) are plain text."""
+
+    def __init__(self, bundle: Bundle, *, suffix: str = "\n<response>", examples_for_task: list[dict] | None = None,
+                 examples_instruction_format: str = "<instruct>{}\n<query>{}\n<response>{}", **options: Any):
+        super().__init__(bundle, **options)
+        if not isinstance(suffix, str):
+            raise InputError(f"suffix must be a str, got {type(suffix).__name__}")
+        if not isinstance(examples_instruction_format, str):
+            raise InputError("examples_instruction_format must be a str with three '{}' fields")
+        self.suffix = suffix
+        self.examples_instruction_format = examples_instruction_format.replace("\\n", "\n")
+        self.examples_for_task = None
+        self.prefix = ""
+        self.set_examples(examples_for_task)
+
+    def set_examples(self, examples_for_task: list[dict] | None = None) -> None:
+        """FlagICLModel.set_examples: ``None`` keeps the current examples (or none)."""
+        if examples_for_task is None:
+            examples_for_task = self.examples_for_task
+        if examples_for_task is None:
+            self.prefix = ""
+            return
+        if not isinstance(examples_for_task, (list, tuple)) or not all(isinstance(e, dict) for e in examples_for_task):
+            raise InputError("examples_for_task must be a list of dicts with 'instruct', 'query' and 'response' keys")
+        parts = []
+        for i, e in enumerate(examples_for_task):
+            values = (e.get("instruct", self.query_instruction_for_retrieval), e.get("query", ""), e.get("response", ""))
+            if not all(isinstance(v, str) for v in values):
+                raise InputError(f"examples_for_task[{i}]: 'instruct', 'query' and 'response' must be str, got "
+                                 f"{[type(v).__name__ for v in values]}")
+            parts.append(self.examples_instruction_format.format(*values))
+        self.examples_for_task = list(examples_for_task)
+        self.prefix = "\n\n".join(parts) + "\n\n"
+
+    def encode_queries(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+        if kwargs:
+            raise InputError(f"encode_queries() got unsupported keyword arguments {sorted(kwargs)}")
+        self._check_numpy(convert_to_numpy if convert_to_numpy is not None else self.convert_to_numpy)
+        single, texts = self.check_texts(queries, "queries")
+        if self.query_instruction_for_retrieval is not None:
+            texts = [self.apply_instruction(self.query_instruction_format, self.query_instruction_for_retrieval, t)
+                     for t in texts]
+        batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
+        max_length = self.check_max_length(max_length if max_length is not None else self.query_max_length)
+        tok = self.tokenizer
+        prefix_ids, suffix_ids = tok.encode_plain([self.prefix])[0], tok.encode_plain([self.suffix])[0]
+        budget = max_length - len(tok.encode_plain(["<s>"])[0]) - len(tok.encode_plain([self.suffix + "</s>"])[0])
+        new_max = (len(prefix_ids) + len(suffix_ids) + max_length + 8) // 8 * 8 + 8
+        if budget < 1:
+            raise InputError(f"query max_length {max_length} leaves no room for the query next to the suffix "
+                             f"{self.suffix!r}; raise query_max_length")
+        if new_max > self.max_supported_length:
+            raise InputError(
+                f"the in-context examples take {len(prefix_ids)} tokens: with query_max_length {max_length} a query "
+                f"prompt may reach {new_max} tokens, above the model's position limit {self.max_supported_length}; "
+                "use fewer or shorter examples, or a smaller query_max_length")
+        clean = bool(self.defaults.get("clean_up_tokenization_spaces", False))
+        round_trip = [tok.decode(ids, clean) for ids in tok.encode_plain(texts, budget)]
+        encoded = tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max)
+        pooled = self.run_encoded(encoded, batch_size, output=self.output_name)
+        out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
+        return out[0] if single else out
