@@ -20,6 +20,9 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
   bge-export inspect bundles/small-int8            # what is in a bundle
   bge-export parity bundles/small-int8             # re-run parity
   bge-export bench bundles/a bundles/b             # time bundles against FlagEmbedding and optimum
+  bge-export --model BAAI/bge-reranker-v2-minicpm-layerwise --cutoff-layers 28,40 --out bundles/lw
+  bge-export --model BAAI/bge-reranker-v2.5-gemma2-lightweight --cutoff-layers 28 \
+             --compress-ratio 2 --compress-layers 24,40 --out bundles/light
 
 --model takes a checkpoint folder or a hub id that is already in the local Hugging Face cache
 (nothing is downloaded). Serve the bundle with:  import runtimes; runtimes.load(BUNDLE).encode([...])
@@ -69,6 +72,22 @@ def main_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", default=None, help="bundle folder (default: bundles/<model>-<target>)")
     p.add_argument("--pooling", choices=("cls", "mean"), default=None,
                    help="encoder pooling (default: cls, as FlagModel)")
+    g = p.add_argument_group("decoder families (export-time variants, recorded in the manifest)")
+    g.add_argument("--cutoff-layers", metavar="L1,L2", default=None,
+                   help="layer-wise / lightweight rerankers: the layers to score at, e.g. 28,40 (default: the last "
+                        "layer); the graph stops at the deepest one and outputs one score per layer")
+    g.add_argument("--compress-ratio", type=int, metavar="N", default=None,
+                   help="lightweight reranker: average the passage tokens N at a time (default 1: no compression)")
+    g.add_argument("--compress-layers", metavar="L1,L2", default=None,
+                   help="lightweight reranker: compress before these layers (default: 8, as FlagEmbedding)")
+    g.add_argument("--export-dtype", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="weight dtype of the decoder graph (default fp32; norms, RoPE and softmax stay fp32; "
+                        "bf16 graphs do not run on ONNX Runtime CPU)")
+    g.add_argument("--attention", choices=("eager", "sdpa"), default=None,
+                   help="Gemma2 embedders: eager keeps the attention soft-cap the model was trained with "
+                        "(default), sdpa drops it as transformers' SDPA does; the reference is pinned to the same")
+    g.add_argument("--embedder-api", choices=("FlagLLMModel", "FlagICLModel"), default=None,
+                   help="decoder embedders: the FlagEmbedding API to serve (default: FlagICLModel for bge-en-icl)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -82,7 +101,11 @@ def cmd_build(argv: list[str]) -> int:
     _quiet_third_party()
     from bge_export.compile import compile_bundle, require_parity
 
-    result = compile_bundle(args.model, args.target, args.out, pooling=args.pooling, parity=not args.no_parity,
+    variant = {"cutoff_layers": args.cutoff_layers, "compress_ratio": args.compress_ratio,
+               "compress_layers": args.compress_layers, "export_dtype": args.export_dtype,
+               "attention": args.attention, "api": args.embedder_api}
+    result = compile_bundle(args.model, args.target, args.out, pooling=args.pooling, variant=variant,
+                            parity=not args.no_parity,
                             overwrite=args.overwrite, log=_log, quiet=args.quiet)
     if args.json:
         print(json.dumps({"bundle": str(result.bundle), "family": result.manifest.family,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from parity_tests import checkpoints as ck
+from parity_tests import decoder_checkpoints as dk
 
 # case -> builder(tmp folder) -> checkpoint folder
 CASES = {
@@ -17,11 +18,23 @@ CASES = {
     "tiny-reranker-xlmr": lambda d: ck.tiny_xlmr_reranker(d / "bge-reranker-v2-m3"),
     "tiny-reranker-bert": lambda d: ck.tiny_bert_reranker(d / "bert-cross-encoder"),
     "tiny-m3": lambda d: ck.tiny_m3(d / "bge-m3"),
+    "tiny-llm-reranker": lambda d: dk.tiny_gemma_reranker(d / "bge-reranker-v2-gemma"),
+    "tiny-layerwise": lambda d: dk.tiny_minicpm_layerwise(d / "bge-reranker-v2-minicpm-layerwise"),
+    "tiny-lightweight": lambda d: dk.tiny_gemma2_lightweight(d / "bge-reranker-v2.5-gemma2-lightweight"),
+    "tiny-gemma2-embedder": lambda d: dk.tiny_gemma2_embedder(d / "bge-multilingual-gemma2"),
+    "tiny-icl": lambda d: dk.tiny_mistral_icl(d / "bge-en-icl"),
+}
+# case -> export-time variant (cutoff layers, compression) the case is built with
+CASE_VARIANTS = {
+    "tiny-layerwise": {"cutoff_layers": [2, 3, 4]},
+    "tiny-lightweight": {"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]},
 }
 # case -> family, stated (not derived from the case name)
 FAMILY_OF_CASE = {"minilm-real": "encoder", "tiny-bert": "encoder", "tiny-xlmr": "encoder",
                   "bert-48h3-l3-pos128": "encoder", "xlmr-64h8-l3": "encoder", "tiny-reranker-xlmr": "cross-encoder",
-                  "tiny-reranker-bert": "cross-encoder", "tiny-m3": "m3"}
+                  "tiny-reranker-bert": "cross-encoder", "tiny-m3": "m3", "tiny-llm-reranker": "llm-reranker",
+                  "tiny-layerwise": "layerwise-reranker", "tiny-lightweight": "compressed-reranker",
+                  "tiny-gemma2-embedder": "llm-embedder", "tiny-icl": "llm-embedder"}
 
 RESULTS: dict[tuple[str, str], dict] = {}  # (case, target) -> parity report, for the summary table
 
@@ -50,7 +63,7 @@ def exported(checkpoint_dir, tmp_path_factory):
 
     def get(case: str):
         if case not in cache:
-            family, _ = prepare(checkpoint_dir(case), "onnx")
+            family, _ = prepare(checkpoint_dir(case), "onnx", **CASE_VARIANTS.get(case, {}))
             cache[case] = export_onnx(family, tmp_path_factory.mktemp(f"{case}-export"), log=lambda m: None)
         return cache[case]
 
@@ -69,6 +82,7 @@ def bundle(checkpoint_dir, exported, tmp_path_factory):
         if key not in cache:
             out = tmp_path_factory.mktemp(f"{case}-{target}") / "bundle"
             cache[key] = compile_bundle(checkpoint_dir(case), target, out, exported=exported(case),
+                                        variant=CASE_VARIANTS.get(case),
                                         log=lambda m: None, quiet=True, gate_retrieval=case in TRAINED)
             RESULTS[key] = cache[key].manifest.parity
         return cache[key]
@@ -84,6 +98,11 @@ SUMMARY_COLUMNS = {  # family -> (output, metric) columns of its summary table
     "m3": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"), ("sparse", "max_abs"),
            ("sparse", "top10_key_overlap"), ("colbert", "max_abs"), ("colbert", "cosine_mean"), ("scores", "max_abs"),
            ("scores", "spearman")],
+    **{f: [("score", "max_abs_rel_spread"), ("score", "max_abs"), ("score", "score_spread"), ("score", "spearman"),
+           ("score", "padding_side_max_abs_rel_spread"), ("score", "reference_self_max_abs")]
+       for f in ("llm-reranker", "layerwise-reranker", "compressed-reranker")},
+    "llm-embedder": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
+                     ("dense", "reference_self_max_abs")],
 }
 
 

@@ -162,6 +162,13 @@ class LightWeightRerankerModel(LayerWiseRerankerModel):
         self.compress_ratio, self.compress_layers = compress_ratio, compress_layers
         self.score_options({})  # validate the constructor's settings now
 
+    def score_pairs(self, *args, **kwargs) -> np.ndarray:
+        if self.tokenizer.padding_side != "right":
+            raise InputError("the lightweight reranker needs right padding (its graph reads [query][passage][prompt] "
+                             "from the left edge and token compression assumes it; FlagEmbedding forces it too); "
+                             "set model.tokenizer.padding_side = 'right'")
+        return super().score_pairs(*args, **kwargs)
+
     def select_cutoffs(self, value) -> list[int]:
         # FlagEmbedding records states in ascending layer order and scores the i-th with head i: a leading
         # subset of the built cutoffs uses the same heads, any other subset would not.

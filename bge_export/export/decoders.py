@@ -311,7 +311,7 @@ class YesScorer(nn.Module):
     def forward(self, input_ids, attention_mask):
         h = self.stack.run_layers(self.stack.embed(input_ids), attention_mask, 0, len(self.stack.layers))
         last = self.stack.norm(gather_rows(h, last_index(attention_mask))).float()
-        score = last @ self.yes.float()
+        score = (last * self.yes.float()).sum(-1)  # a Mul + ReduceSum: int8 leaves this single row in fp32
         if self.softcap:
             score = torch.tanh(score / self.softcap) * self.softcap
         return score
