@@ -1,13 +1,17 @@
 """`bge-export bench`: bundles against FlagEmbedding (fp32, CPU) and optimum's ONNX export, one process.
 
-Every contender gets the same texts (exactly ``seq`` tokens each) and the same batch; runs are interleaved
-(round-robin, rotating order) after warm-up. Every ONNX Runtime contender (ours and optimum's graph) runs with
-the same session settings and thread spinning off, so one contender's idle spinning threads never steal the
-cores from the next one. Two timings per contender:
-  e2e     the public call: ``encode(texts)`` (tokenize + batch + run + pool + normalise)
-  engine  the model alone on pre-tokenized, pre-padded tensors
-Rows: median / p95 / p99 latency, tokens/s, model GFLOP/s and the fraction of this machine's measured fp32
-GEMM peak, and the speed-up over FlagEmbedding. Output: bench.jsonl, bench.md, bench.png.
+Every contender gets the same texts (exactly ``seq`` tokens each; for the decoder rerankers and the embedders'
+queries, the whole model input, prompt and instruction included, is about ``seq`` tokens) and the same batch; runs
+are interleaved (round-robin, rotating order) after warm-up. Every ONNX Runtime contender (ours and optimum's graph)
+runs with the same session settings and thread spinning off, so one contender's idle spinning threads never steal
+the cores from the next one. Timings per contender:
+  e2e          the public call: ``encode(texts)`` / ``compute_score(pairs)`` (tokenize + batch + run + post-process);
+               the LLM embedders: ``encode_corpus(texts)``
+  e2e-queries  the LLM embedders only: ``encode_queries(queries)`` with a retrieval instruction
+  engine       the model alone on pre-tokenized, pre-padded tensors
+Rows: median / p95 / p99 latency, tokens/s (real tokens the model sees), model GFLOP/s and the fraction of this
+machine's measured fp32 GEMM peak, the speed-up over FlagEmbedding, and a sanity check: the max abs difference of
+each e2e result from FlagEmbedding's on the same inputs. Output: bench.jsonl, bench.md, bench.png.
 """
 from __future__ import annotations
 
@@ -56,8 +60,17 @@ def _ints(text: str, what: str) -> list[int]:
 @dataclass
 class Contender:
     name: str
-    e2e: Callable[[list[str], int, int], object]  # (texts, batch, seq)
-    engine: Callable[[list[str], int, int], Callable[[], object]]  # prepares inputs, returns the timed call
+    e2e: Callable[[str, object, int, int], object]  # (mode, inputs, batch, seq) -> the public call's result
+    engine: Callable[[object, int, int, "Workload"], Callable[[], object]]  # prepares inputs, returns the timed call
+
+
+@dataclass
+class Workload:
+    """What the API recipes below get to build a cell's inputs: exact-length texts, a token counter, and the first
+    bundle's runtime model (whose tokenizer builds the tensors every engine contender runs on)."""
+    texts: Callable[..., list[str]]  # (n, length, offset=0) -> n texts of exactly `length` tokens
+    n_tok: Callable[[str], int]
+    model: object
 
 
 def exact_length_texts(tokenize: Callable[[str], int], words: list[str], n: int, seq: int) -> list[str]:
@@ -92,59 +105,228 @@ def gemm_peak_gflops(seconds: float = 1.0) -> float:
     return n * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
-# How each FlagEmbedding API is driven, for our runtime and for the reference alike: the workload of a cell,
-# the public call (e2e), and the pre-tokenized tensors + bare model call (engine). m3 runs all three heads.
+# How each FlagEmbedding API is driven, for our runtime and for the reference alike: the workload of a cell
+# (inputs), the public calls per mode (modes), the real tokens per call (tokens, default batch x seq), and the
+# pre-tokenized tensors + bare model call (engine). m3 runs all three heads. Optional: the options both sides are
+# built with (load_options for runtimes.load, reference_options(variant) for the FlagEmbedding object) and what
+# the sanity check compares (check: "vectors" = cosine + max abs, "scores" = max abs relative to the score spread).
 _ALL_HEADS = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
+EMBEDDER_QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
+
+
+def _hf_tensors(ref, x, s, w):
+    return ref.tokenizer(x, padding=True, truncation=True, max_length=s, return_tensors="pt")
+
+
+def _decoder_pairs(model, pairs, s):
+    """The runtime's token-level pairs for ``compute_score(pairs, max_length=s)`` (instructions applied)."""
+    def inst(fmt, instruction, text):
+        return text if instruction is None else model.apply_instruction(fmt, instruction, text)
+
+    qs = [inst(model.query_instruction_format, model.query_instruction_for_rerank, q) for q, _ in pairs]
+    ps = [inst(model.passage_instruction_format, model.passage_instruction_for_rerank, p) for _, p in pairs]
+    return model.build_pairs(qs, ps, s * 3 // 4, s, None)
+
+
+def _decoder_pair_inputs(w, b, s):
+    """b pairs whose whole model input (bos, 'A: ' query of s/4 tokens, 'B: ' passage, separators, prompt) is about
+    s tokens: the passage gives up what the prompt and instructions take."""
+    q_len = s // 4
+    probe = [[w.texts(1, q_len)[0], w.texts(1, s - q_len, offset=5)[0]]]
+    overhead = len(_decoder_pairs(w.model, probe, s)[0].ids) - s
+    p_len = max(8, s - q_len - overhead)
+    return [list(p) for p in zip(w.texts(b, q_len), w.texts(b, p_len, offset=5))]
+
+
+def _decoder_pair_tokens(w, x, b, s):
+    n = sum(len(e.ids) for e in _decoder_pairs(w.model, x, s))
+    return {"e2e": n, "engine": n}
+
+
+def _decoder_ref_tensors(ref, x, s, w):
+    """The reference's engine runs on exactly the tensors of the bundle's engine (token-identical to FlagEmbedding's
+    own pair building: checked by the parity suite)."""
+    torch = require("torch")
+    feeds = w.model.feeds_for(_decoder_pairs(w.model, x, s))
+    enc = {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask")}
+    if "query_lengths" in feeds:  # the lightweight reranker takes them as python lists
+        enc["query_lengths"] = feeds["query_lengths"].tolist()
+        enc["prompt_lengths"] = feeds["prompt_lengths"].tolist()
+    return enc
+
+
+def _llm_rerank_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.base import last_logit_pool
+
+    logits = ref.model(**enc, output_hidden_states=True).logits
+    return last_logit_pool(logits, enc["attention_mask"])[:, ref.yes_loc]
+
+
+def _layerwise_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.layerwise import last_logit_pool_layerwise
+
+    out = ref.model(**enc, output_hidden_states=True, cutoff_layers=ref.cutoff_layers)
+    return [last_logit_pool_layerwise(logits, enc["attention_mask"]) for logits in out.logits]
+
+
+def _lightweight_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.lightweight import last_logit_pool_lightweight
+
+    out = ref.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True,
+                    compress_layer=ref.compress_layers, compress_ratio=ref.compress_ratio,
+                    query_lengths=enc["query_lengths"], prompt_lengths=enc["prompt_lengths"],
+                    cutoff_layers=ref.cutoff_layers)
+    return [last_logit_pool_lightweight(logits, mask) for logits, mask in zip(out.logits, out.attention_masks)]
+
+
+def _decoder_reranker(forward, reference_options=lambda v: {}):
+    return {
+        "inputs": _decoder_pair_inputs,
+        "modes": {"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
+        "tokens": _decoder_pair_tokens,
+        "runtime_encode": _decoder_pairs,
+        "ref_tensors": _decoder_ref_tensors,
+        "ref_forward": forward,
+        "reference_options": reference_options,
+        "check": "scores",
+    }
+
+
+def _query_overhead(model, n_tok, text):
+    """Tokens an embedder's query template (instruction, ICL suffix) adds to a query text."""
+    formatted = model.apply_instruction(model.query_instruction_format, model.query_instruction_for_retrieval, text)
+    return n_tok(formatted + getattr(model, "suffix", "")) - n_tok(text)
+
+
+def _embedder_inputs(w, b, s):
+    """Corpus texts of exactly s tokens; queries shortened so that the templated query is about s tokens."""
+    overhead = _query_overhead(w.model, w.n_tok, w.texts(1, s // 2)[0])
+    return {"corpus": w.texts(b, s), "queries": w.texts(b, max(8, s - overhead), offset=3)}
+
+
+def _embedder_tokens(w, x, b, s):
+    q = sum(w.n_tok(q) + _query_overhead(w.model, w.n_tok, q) for q in x["queries"])
+    return {"e2e": b * s, "e2e-queries": q, "engine": b * s}
+
+
+def _embedder_ref_tensors(ref, x, s, w):
+    torch = require("torch")
+    feeds = w.model.feeds_for(w.model.tokenizer.encode(x["corpus"], s))
+    return {k: torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask")}
+
+
+def _embedder_forward(ref, enc):
+    from FlagEmbedding.inference.embedder.decoder_only.base import last_token_pool
+
+    return last_token_pool(ref.model(**enc, return_dict=True).last_hidden_state, enc["attention_mask"])
+
+
+_LLM_EMBEDDER = {
+    "inputs": _embedder_inputs,
+    "modes": {"e2e": lambda obj, x, b, s: obj.encode_corpus(x["corpus"], batch_size=b, max_length=s),
+              "e2e-queries": lambda obj, x, b, s: obj.encode_queries(x["queries"], batch_size=b, max_length=s)},
+    "tokens": _embedder_tokens,
+    "runtime_encode": lambda model, x, s: model.tokenizer.encode(x["corpus"], s),
+    "ref_tensors": _embedder_ref_tensors,
+    "ref_forward": _embedder_forward,
+    "load_options": {"query_instruction_for_retrieval": EMBEDDER_QUERY_INSTRUCTION},
+    "reference_options": lambda v: {"query_instruction_for_retrieval": EMBEDDER_QUERY_INSTRUCTION},
+    "check": "vectors",
+}
+
 API_CALLS = {
     "FlagModel": {
-        "inputs": lambda texts, b, s: texts(b, s),
-        "call": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s),
+        "inputs": lambda w, b, s: w.texts(b, s),
+        "modes": {"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s)},
         "runtime_encode": lambda model, x, s: model.tokenizer.encode(x, s),
-        "ref_tensors": lambda ref, x, s: ref.tokenizer(x, padding=True, truncation=True, max_length=s, return_tensors="pt"),
+        "ref_tensors": _hf_tensors,
         "ref_forward": lambda ref, enc: ref.model(**enc, return_dict=True).last_hidden_state[:, 0],
+        "check": "vectors",
     },
     "BGEM3FlagModel": {
-        "inputs": lambda texts, b, s: texts(b, s),
-        "call": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s, **_ALL_HEADS),
+        "inputs": lambda w, b, s: w.texts(b, s),
+        "modes": {"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s, **_ALL_HEADS)},
         "runtime_encode": lambda model, x, s: model.tokenizer.encode(x, s),
-        "ref_tensors": lambda ref, x, s: ref.tokenizer(x, padding=True, truncation=True, max_length=s, return_tensors="pt"),
+        "ref_tensors": _hf_tensors,
         "ref_forward": lambda ref, enc: ref.model(enc, **_ALL_HEADS),
+        "check": "vectors",  # the dense vectors
     },
     "FlagReranker": {  # pairs of a query of s/4 tokens and a passage filling the rest: s tokens per pair
-        "inputs": lambda texts, b, s: [list(p) for p in zip(texts(b, s // 4), texts(b, s - s // 4, offset=5))],
-        "call": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s),
+        "inputs": lambda w, b, s: [list(p) for p in zip(w.texts(b, s // 4), w.texts(b, s - s // 4, offset=5))],
+        "modes": {"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
         "runtime_encode": lambda model, x, s: model.tokenizer.encode_pairs([q for q, _ in x], [p for _, p in x],
                                                                          s * 3 // 4, s),
-        "ref_tensors": lambda ref, x, s: ref.tokenizer([q for q, _ in x], [p for _, p in x], padding=True,
-                                                       truncation="only_second", max_length=s, return_tensors="pt"),
+        "ref_tensors": lambda ref, x, s, w: ref.tokenizer([q for q, _ in x], [p for _, p in x], padding=True,
+                                                          truncation="only_second", max_length=s, return_tensors="pt"),
         "ref_forward": lambda ref, enc: ref.model(**enc, return_dict=True).logits,
+        "check": "scores",
     },
+    # decoder families: compute_score with the bundle's cutoff layers / compression (the reference is built with
+    # the same settings), encode_corpus / encode_queries for the embedders
+    "FlagLLMReranker": _decoder_reranker(_llm_rerank_forward),
+    "LayerWiseFlagLLMReranker": _decoder_reranker(
+        _layerwise_forward, lambda v: {"cutoff_layers": list(v["cutoff_layers"])}),
+    "LightWeightFlagLLMReranker": _decoder_reranker(
+        _lightweight_forward, lambda v: {"cutoff_layers": list(v["cutoff_layers"]),
+                                         "compress_ratio": v["compress_ratio"],
+                                         "compress_layers": list(v["compress_layers"])}),
+    "FlagLLMModel": _LLM_EMBEDDER,
+    "FlagICLModel": _LLM_EMBEDDER,
 }
 
 
-def _bundle_contender(path: Path, log) -> tuple[Contender, dict]:
+def _as_array(out) -> np.ndarray | None:
+    """A public call's result as a float array for the sanity check (m3: its dense vectors)."""
+    if isinstance(out, dict):
+        out = out.get("dense_vecs")
+    try:
+        return np.asarray(out, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def output_check(kind: str, got, ref) -> dict:
+    """How far a contender's public-call result is from FlagEmbedding's on the same inputs."""
+    g, r = _as_array(got), _as_array(ref)
+    if g is None or r is None or g.shape != r.shape:
+        return {}
+    out = {"check_max_abs": float(np.abs(g - r).max())}
+    if kind == "scores":
+        out["check_rel_spread"] = out["check_max_abs"] / max(float(r.max() - r.min()), 1e-12)
+    else:
+        g2, r2 = g.reshape(-1, g.shape[-1]), r.reshape(-1, r.shape[-1])
+        cos = (g2 * r2).sum(-1) / np.maximum(np.linalg.norm(g2, axis=-1) * np.linalg.norm(r2, axis=-1), 1e-30)
+        out["check_cosine_min"] = float(cos.min())
+    return out
+
+
+def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
     import runtimes
 
-    model = runtimes.load(path, backend_options={"allow_spinning": False})
-    m = model.manifest
-    api = API_CALLS[m.runtime["api"]]
+    m = runtimes.open_bundle(path, verify=False).manifest
+    api = API_CALLS.get(m.runtime["api"], {})
+    model = runtimes.load(path, backend_options={"allow_spinning": False}, **api.get("load_options", {}))
 
-    def engine(x, b, s):
+    def engine(x, b, s, w):
         feeds = model.feeds_for(api["runtime_encode"](model, x, s))
         return lambda: model.backend.infer(feeds)
 
-    return Contender(f"bge-export {m.target}", lambda x, b, s: api["call"](model, x, b, s), engine), m.data
+    def e2e(mode, x, b, s):
+        return api["modes"][mode](model, x, b, s)
+
+    return Contender(f"bge-export {m.target}", e2e, engine), m.data, model
 
 
-def _reference_contender(family) -> Contender:
+def _reference_contender(family, variant: dict) -> Contender:
     torch = require("torch")
     from bge_export.parity import quiet_stderr
 
-    ref = family.reference()  # the parity reference: fp32 on CPU
     api = API_CALLS[family.reference_api]
+    # the parity reference: fp32 on CPU, with the bundle's options (cutoff layers, compression, instruction)
+    ref = family.reference(**api.get("reference_options", lambda v: {})(variant))
 
-    def engine(x, b, s):
-        enc = api["ref_tensors"](ref, x, s)
+    def engine(x, b, s, w):
+        enc = api["ref_tensors"](ref, x, s, w)
         ref.model.eval()
 
         def call():
@@ -152,9 +334,9 @@ def _reference_contender(family) -> Contender:
                 return api["ref_forward"](ref, enc)
         return call
 
-    def e2e(x, b, s):
+    def e2e(mode, x, b, s):
         with quiet_stderr():  # FlagEmbedding's tqdm bars
-            return api["call"](ref, x, b, s)
+            return api["modes"][mode](ref, x, b, s)
 
     return Contender(f"FlagEmbedding {family.reference_api} (torch fp32)", e2e, engine)
 
@@ -176,14 +358,14 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
         enc = tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np")
         return {k: enc[k].astype(np.int64) for k in names}
 
-    def e2e(texts, b, s):
+    def e2e(mode, texts, b, s):
         outs = []
         for i in range(0, len(texts), b):
             h = session.run(None, feeds(texts[i:i + b], s))[0][:, 0]
             outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
         return np.concatenate(outs)
 
-    def engine(texts, b, s):
+    def engine(texts, b, s, w):
         f = feeds(texts, s)
         return lambda: session.run(None, f)
 
@@ -196,17 +378,22 @@ def _percentile(xs: list[float], q: float) -> float:
 
 def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS, repeats=5, warmup=1,
               flagmodel=True, optimum=True, log=print) -> tuple[list[dict], dict]:
-    contenders, metas = [], []
+    contenders, metas, models = [], [], []
     for b in bundles:
-        c, meta = _bundle_contender(Path(b), log)
+        c, meta, model = _bundle_contender(Path(b), log)
         contenders.append(c)
         metas.append(meta)
+        models.append(model)
     sources = {m["source"]["weights_sha256"] for m in metas}
     if len(sources) != 1:
         raise BgeExportError("bench compares bundles of ONE checkpoint; these bundles come from different weights")
     if len({m["runtime"]["api"] for m in metas}) != 1 or metas[0]["runtime"]["api"] not in API_CALLS:
         raise BgeExportError(f"bench times bundles of one family with one of the APIs {sorted(API_CALLS)}; got "
                              f"{sorted({m['runtime']['api'] for m in metas})}")
+    variants = {json.dumps(m["variant"], sort_keys=True) for m in metas}
+    if len(variants) != 1:
+        raise BgeExportError("bench compares bundles built with the same variant (cutoff layers, compression, API, "
+                             f"attention, export dtype); these differ: {sorted(variants)}")
     meta = metas[0]
     family = None
     if flagmodel or optimum:
@@ -216,17 +403,20 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
             raise BgeExportError(f"{exc}; the comparison needs the source checkpoint, or pass --no-flagmodel "
                                  "--no-optimum to time the bundles alone") from None
     with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
-        return _run(contenders, meta, family, Path(workdir), bundles, batches, seqs, repeats, warmup, flagmodel,
-                    optimum, log)
+        return _run(contenders, meta, family, Path(workdir), bundles, models[0], batches, seqs, repeats, warmup,
+                    flagmodel, optimum, log)
 
 
-def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, warmup, flagmodel, optimum, log):
+def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, flagmodel, optimum, log):
     ckpt = meta["source"]["checkpoint"]
+    api_name = meta["runtime"]["api"]
+    api = API_CALLS[api_name]
+    modes = list(api["modes"]) + ["engine"]
     flops_of = get_family(meta["family"]).flops
     if flagmodel:
         log(f"loading FlagEmbedding {family.reference_api} (fp32, CPU)")
-        contenders.append(_reference_contender(family))
-    if optimum and meta["runtime"]["api"] != "FlagModel":
+        contenders.append(_reference_contender(family, meta["variant"]))
+    if optimum and api_name != "FlagModel":
         log("optimum: compared with encoder bundles only in this version; skipped")
     elif optimum:
         log("exporting the checkpoint with optimum (its default ONNX export, ORT CPU)")
@@ -239,9 +429,12 @@ def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, war
 
     words = " ".join(parity_texts()["corpus"]).split()
     n_tok = lambda text: len(tok.encode([text], 100_000)[0].ids)  # noqa: E731
+    work = Workload(lambda n, length, offset=0: exact_length_texts(n_tok, words[offset * 101:] + words, n, length),
+                    n_tok, model)
     peak = gemm_peak_gflops()
     env = {"machine": platform.machine(), "processor": platform.processor() or _cpu_name(), "cpus": os.cpu_count(),
            "fp32_gemm_peak_gflops": round(peak, 1), "source": ckpt, "model": meta["model"],
+           "family": meta["family"], "api": api_name, "variant": meta["variant"],
            "threads": "ONNX Runtime and torch defaults (all cores); ORT thread spinning off for every ORT contender"}
     log(f"measured fp32 GEMM peak of this machine: {peak:.0f} GFLOP/s")
     rows = []
@@ -250,17 +443,22 @@ def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, war
             log(f"skip seq {s}: above the model's {meta['profiles']['sequence']['max']} positions")
             continue
         for b in batches:
-            workload = API_CALLS[meta["runtime"]["api"]]["inputs"](
-                lambda n, length, offset=0: exact_length_texts(n_tok, words[offset * 101:] + words, n, length), b, s)
+            workload = api["inputs"](work, b, s)
+            tokens = api["tokens"](work, workload, b, s) if "tokens" in api else dict.fromkeys(modes, b * s)
             timed = {}
             for c in contenders:
-                timed[(c.name, "e2e")] = (lambda c=c: c.e2e(workload, b, s))
-                timed[(c.name, "engine")] = c.engine(workload, b, s)
+                for mode in modes[:-1]:
+                    timed[(c.name, mode)] = (lambda c=c, mode=mode: c.e2e(mode, workload, b, s))
+                timed[(c.name, "engine")] = c.engine(workload, b, s, work)
             samples = {k: [] for k in timed}
             keys = list(timed)
-            for _ in range(warmup):
+            results = {}  # the first result of every public call: the sanity check against FlagEmbedding
+            for i in range(max(warmup, 1)):
                 for k in keys:
-                    timed[k]()
+                    if i < warmup or k[1] != "engine":
+                        out = timed[k]()
+                        if i == 0 and k[1] != "engine":
+                            results[k] = out
             for r in range(repeats):
                 for k in keys[r % len(keys):] + keys[: r % len(keys)]:  # rotate the order each round
                     # One untimed switch-in call: the previous contender's thread pool may still be spinning
@@ -271,15 +469,19 @@ def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, war
                     t0 = time.perf_counter()
                     timed[k]()
                     samples[k].append(time.perf_counter() - t0)
-            flops = flops_of(meta["model"], b, s)
             cell = []
             for (name, mode), xs in samples.items():
                 med = statistics.median(xs)
-                cell.append({"contender": name, "mode": mode, "batch": b, "seq": s, "median_ms": med * 1e3,
-                             "p95_ms": _percentile(xs, 95) * 1e3, "p99_ms": _percentile(xs, 99) * 1e3,
-                             "tokens_per_s": b * s / med, "gflops": flops / med / 1e9,
-                             "peak_fraction": flops / med / 1e9 / peak, "repeats": len(xs)})
-            for mode in ("e2e", "engine"):
+                flops = flops_of(meta["model"], b, tokens[mode] / b)
+                row = {"contender": name, "mode": mode, "batch": b, "seq": s, "tokens": tokens[mode],
+                       "median_ms": med * 1e3, "p95_ms": _percentile(xs, 95) * 1e3,
+                       "p99_ms": _percentile(xs, 99) * 1e3, "tokens_per_s": tokens[mode] / med,
+                       "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak, "repeats": len(xs)}
+                ref_key = next((k for k in results if k[1] == mode and k[0].startswith("FlagEmbedding")), None)
+                if mode != "engine" and ref_key and ref_key[0] != name:
+                    row.update(output_check(api.get("check", "vectors"), results[(name, mode)], results[ref_key]))
+                cell.append(row)
+            for mode in modes:
                 ref = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("FlagEmbedding")), None)
                 opt = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("optimum")), None)
                 for r in cell:
@@ -289,24 +491,38 @@ def _run(contenders, meta, family, workdir, bundles, batches, seqs, repeats, war
                     r["speedup_vs_optimum"] = opt["median_ms"] / r["median_ms"] if opt else None
             rows += cell
             best = max((r for r in cell if r["mode"] == "e2e"), key=lambda r: r["tokens_per_s"])
-            log(f"batch {b:>3} x {s:>3} tokens: fastest e2e {best['contender']} {best['median_ms']:.1f} ms")
+            checks = ", ".join(f"{r['contender'].split()[-1]} {r['mode']} max|d| {r['check_max_abs']:.2e}"
+                               for r in cell if "check_max_abs" in r)
+            log(f"batch {b:>3} x {s:>3} tokens: fastest e2e {best['contender']} {best['median_ms']:.1f} ms"
+                + (f"; vs FlagEmbedding: {checks}" if checks else ""))
     return rows, env
+
+
+MODE_ORDER = ("e2e", "e2e-queries", "engine")
+MODE_TITLES = {"e2e": "end to end: encode(texts) / compute_score(pairs)", "e2e-queries": "end to end: encode_queries",
+               "engine": "engine only (pre-tokenized)"}
+
+
+def _modes(rows: list[dict]) -> list[str]:
+    present = {r["mode"] for r in rows}
+    return [m for m in MODE_ORDER if m in present] + sorted(present - set(MODE_ORDER))
 
 
 def summary_markdown(rows: list[dict]) -> str:
     """Speed-ups of each bundle over the FlagEmbedding reference and optimum per cell (median latency ratios)."""
     ours = list(dict.fromkeys(r["contender"] for r in rows if r["contender"].startswith("bge-export")))
     cells = sorted({(r["batch"], r["seq"]) for r in rows}, key=lambda c: (c[1], c[0]))
+    modes = _modes(rows)
     refs = [("FlagEmbedding", "speedup_vs_reference")]
     if any(r.get("speedup_vs_optimum") is not None for r in rows):
         refs.append(("optimum", "speedup_vs_optimum"))
-    head = ["batch x seq"] + [f"{name.split()[-1]} {mode} vs {ref}" for name in ours for mode in ("e2e", "engine")
+    head = ["batch x seq"] + [f"{name.split()[-1]} {mode} vs {ref}" for name in ours for mode in modes
                               for ref, _ in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b, s in cells:
         vals = []
         for name in ours:
-            for mode in ("e2e", "engine"):
+            for mode in modes:
                 r = next((r for r in rows if (r["contender"], r["mode"], r["batch"], r["seq"]) == (name, mode, b, s)), {})
                 for _, key in refs:
                     vals.append("-" if r.get(key) is None else f"{r[key]:.2f}")
@@ -314,21 +530,38 @@ def summary_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_text(r: dict) -> str:
+    if "check_max_abs" not in r:
+        return "-"
+    extra = (f" (rel. spread {r['check_rel_spread']:.1e})" if "check_rel_spread" in r else
+             f" (cos min {r['check_cosine_min']:.6f})" if "check_cosine_min" in r else "")
+    return f"{r['check_max_abs']:.1e}{extra}"
+
+
 def markdown(rows: list[dict], env: dict) -> str:
+    m = env["model"]
+    shape = (f"Model: {m.get('model_type')} {m.get('num_hidden_layers')} layers, hidden {m.get('hidden_size')}"
+             + (f", {m['num_attention_heads']} heads / {m['num_key_value_heads']} KV heads, FFN "
+                f"{m['intermediate_size']}, {m['layers_in_graph']} layers in the graph"
+                if "layers_in_graph" in m else "")
+             + ".")
     lines = [f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
-             f"{env['fp32_gemm_peak_gflops']} GFLOP/s. Model: {env['model'].get('model_type')} "
-             f"{env['model'].get('num_hidden_layers')} layers, hidden {env['model'].get('hidden_size')}.", "",
-             "| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | % of fp32 GEMM peak | x FlagEmbedding | x optimum |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{env['fp32_gemm_peak_gflops']} GFLOP/s. {shape}", "",
+             "| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | % of fp32 GEMM peak | x FlagEmbedding | x optimum | max abs diff vs FlagEmbedding |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    for r in sorted(rows, key=lambda r: (r["mode"], r["seq"], r["batch"], -r["tokens_per_s"])):
+    order = {mode: i for i, mode in enumerate(_modes(rows))}
+    for r in sorted(rows, key=lambda r: (order[r["mode"]], r["seq"], r["batch"], -r["tokens_per_s"])):
         lines.append(f"| {r['mode']} | {r['batch']} x {r['seq']} | {r['contender']} | {r['median_ms']:.1f} | "
                      f"{r['p95_ms']:.1f} | {r['tokens_per_s']:.0f} | {r['gflops']:.1f} | "
-                     f"{100 * r['peak_fraction']:.0f} | {fmt(r.get('speedup_vs_reference'))} | {fmt(r.get('speedup_vs_optimum'))} |")
+                     f"{100 * r['peak_fraction']:.0f} | {fmt(r.get('speedup_vs_reference'))} | "
+                     f"{fmt(r.get('speedup_vs_optimum'))} | {_check_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> bool:
+    """tokens/s bars per cell, one panel per mode; rows with a "group" key (several models in one file) get one
+    line of panels per group."""
     if not available("matplotlib"):
         return False
     import matplotlib
@@ -336,25 +569,40 @@ def plot(rows: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=False)
-    for ax, mode in zip(axes, ("e2e", "engine")):
-        sel = [r for r in rows if r["mode"] == mode]
-        cells = sorted({(r["batch"], r["seq"]) for r in sel}, key=lambda c: (c[1], c[0]))
-        names = list(dict.fromkeys(r["contender"] for r in sel))
-        width = 0.8 / max(1, len(names))
-        for j, name in enumerate(names):
-            ys = [next((r["tokens_per_s"] for r in sel if r["contender"] == name and (r["batch"], r["seq"]) == c), 0)
-                  for c in cells]
-            ax.bar([i + j * width for i in range(len(cells))], ys, width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
-        ax.set_xticklabels([f"{b}x{s}" for b, s in cells], rotation=45)
-        ax.set_xlabel("batch x tokens")
-        ax.set_ylabel("tokens/s")
-        ax.set_title({"e2e": "end to end: encode(texts)", "engine": "engine only (pre-tokenized)"}[mode])
-        ax.grid(axis="y", alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    groups = list(dict.fromkeys(r.get("group") for r in rows))
+    ncols = max(len(_modes([r for r in rows if r.get("group") == g])) for g in groups)
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(7 * ncols, 5 if len(groups) == 1 else 4 * len(groups)),
+                             sharey=False, squeeze=False)
+    # one color per contender across all panels; with several groups the FlagEmbedding classes share one entry
+    label_of = (lambda n: "FlagEmbedding (torch fp32)" if n.startswith("FlagEmbedding") else n) if len(groups) > 1 \
+        else (lambda n: n)
+    colors = {lab: f"C{i}" for i, lab in enumerate(dict.fromkeys(label_of(r["contender"]) for r in rows))}
+    legend = {}
+    for gi, group in enumerate(groups):
+        grows = [r for r in rows if r.get("group") == group]
+        modes = _modes(grows)
+        for ax in axes[gi][len(modes):]:
+            ax.axis("off")
+        for ax, mode in zip(axes[gi], modes):
+            sel = [r for r in grows if r["mode"] == mode]
+            cells = sorted({(r["batch"], r["seq"]) for r in sel}, key=lambda c: (c[1], c[0]))
+            names = list(dict.fromkeys(r["contender"] for r in sel))
+            width = 0.8 / max(1, len(names))
+            for j, name in enumerate(names):
+                ys = [next((r["tokens_per_s"] for r in sel if r["contender"] == name and (r["batch"], r["seq"]) == c), 0)
+                      for c in cells]
+                label = label_of(name)
+                bars = ax.bar([i + j * width for i in range(len(cells))], ys, width, label=label, color=colors[label])
+                legend.setdefault(label, bars)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
+            ax.set_xticklabels([f"{b}x{s}" for b, s in cells], rotation=0 if len(groups) > 1 else 45)
+            ax.set_xlabel("batch x tokens")
+            ax.set_ylabel("tokens/s")
+            title = MODE_TITLES.get(mode, mode)
+            ax.set_title(title if group is None else f"{group}: {mode}", fontsize=10 if group else None)
+            ax.grid(axis="y", alpha=0.3)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if len(groups) == 1 else 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

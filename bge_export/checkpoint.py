@@ -28,7 +28,8 @@ class Checkpoint:
 
     @property
     def weight_files(self) -> list[Path]:
-        return [self.path / f for f in self.files if f in WEIGHT_FILES or (f.endswith(".safetensors") and "/" not in f)]
+        return [self.path / f for f in self.files if "/" not in f and (
+            f in WEIGHT_FILES or f.endswith(".safetensors") or (f.startswith("pytorch_model-") and f.endswith(".bin")))]
 
     def weights_sha256(self) -> str:
         h = hashlib.sha256()

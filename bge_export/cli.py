@@ -30,7 +30,7 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
 
 TARGET_HELP = """targets:
   onnx          the exported fp32 ONNX graph, unoptimised (portable)
-  ort-cpu       fp32 with transformer fusions, for ONNX Runtime CPU
+  ort-cpu       fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
   ort-cpu-int8  dynamic int8 (per-channel weights, VNNI) for ONNX Runtime CPU
 
 other commands (bge-export COMMAND --help):

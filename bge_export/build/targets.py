@@ -36,7 +36,7 @@ def register_target(t: Target) -> Target:
 register_target(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
                        "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx"))
 register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
-                       "fp32, transformer fusions (Attention, SkipLayerNorm, BiasGelu) for ONNX Runtime CPU",
+                       "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
                        "bge_export.build.ort:build_ort_cpu"))
 register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
                        "dynamic int8 (per-channel weights, VNNI) on the fused graph for ONNX Runtime CPU",
