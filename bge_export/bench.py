@@ -108,8 +108,9 @@ def gemm_peak_gflops(seconds: float = 1.0) -> float:
 # How each FlagEmbedding API is driven, for our runtime and for the reference alike: the workload of a cell
 # (inputs), the public calls per mode (modes), the real tokens per call (tokens, default batch x seq), and the
 # pre-tokenized tensors + bare model call (engine). m3 runs all three heads. Optional: the options both sides are
-# built with (load_options for runtimes.load, reference_options(variant) for the FlagEmbedding object) and what
-# the sanity check compares (check: "vectors" = cosine + max abs, "scores" = max abs relative to the score spread).
+# built with (options, for runtimes.load and the FlagEmbedding object; the family adds its variant's own, e.g.
+# cutoff layers) and what the sanity check compares (check: "vectors" = cosine + max abs, "scores" = max abs
+# relative to the score spread).
 _ALL_HEADS = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
 EMBEDDER_QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
 
@@ -179,7 +180,7 @@ def _lightweight_forward(ref, enc):
     return [last_logit_pool_lightweight(logits, mask) for logits, mask in zip(out.logits, out.attention_masks)]
 
 
-def _decoder_reranker(forward, reference_options=lambda v: {}):
+def _decoder_reranker(forward):
     return {
         "inputs": _decoder_pair_inputs,
         "modes": {"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
@@ -187,7 +188,6 @@ def _decoder_reranker(forward, reference_options=lambda v: {}):
         "runtime_encode": _decoder_pairs,
         "ref_tensors": _decoder_ref_tensors,
         "ref_forward": forward,
-        "reference_options": reference_options,
         "check": "scores",
     }
 
@@ -229,8 +229,7 @@ _LLM_EMBEDDER = {
     "runtime_encode": lambda model, x, s: model.tokenizer.encode(x["corpus"], s),
     "ref_tensors": _embedder_ref_tensors,
     "ref_forward": _embedder_forward,
-    "load_options": {"query_instruction_for_retrieval": EMBEDDER_QUERY_INSTRUCTION},
-    "reference_options": lambda v: {"query_instruction_for_retrieval": EMBEDDER_QUERY_INSTRUCTION},
+    "options": {"query_instruction_for_retrieval": EMBEDDER_QUERY_INSTRUCTION},
     "check": "vectors",
 }
 
@@ -261,15 +260,11 @@ API_CALLS = {
         "ref_forward": lambda ref, enc: ref.model(**enc, return_dict=True).logits,
         "check": "scores",
     },
-    # decoder families: compute_score with the bundle's cutoff layers / compression (the reference is built with
-    # the same settings), encode_corpus / encode_queries for the embedders
+    # decoder families: compute_score with the bundle's cutoff layers / compression (the family builds the
+    # reference with the same settings), encode_corpus / encode_queries for the embedders
     "FlagLLMReranker": _decoder_reranker(_llm_rerank_forward),
-    "LayerWiseFlagLLMReranker": _decoder_reranker(
-        _layerwise_forward, lambda v: {"cutoff_layers": list(v["cutoff_layers"])}),
-    "LightWeightFlagLLMReranker": _decoder_reranker(
-        _lightweight_forward, lambda v: {"cutoff_layers": list(v["cutoff_layers"]),
-                                         "compress_ratio": v["compress_ratio"],
-                                         "compress_layers": list(v["compress_layers"])}),
+    "LayerWiseFlagLLMReranker": _decoder_reranker(_layerwise_forward),
+    "LightWeightFlagLLMReranker": _decoder_reranker(_lightweight_forward),
     "FlagLLMModel": _LLM_EMBEDDER,
     "FlagICLModel": _LLM_EMBEDDER,
 }
@@ -305,7 +300,7 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
 
     m = runtimes.open_bundle(path, verify=False).manifest
     api = API_CALLS.get(m.runtime["api"], {})
-    model = runtimes.load(path, backend_options={"allow_spinning": False}, **api.get("load_options", {}))
+    model = runtimes.load(path, backend_options={"allow_spinning": False}, **api.get("options", {}))
 
     def engine(x, b, s, w):
         feeds = model.feeds_for(api["runtime_encode"](model, x, s))
@@ -317,13 +312,13 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
     return Contender(f"bge-export {m.target}", e2e, engine), m.data, model
 
 
-def _reference_contender(family, variant: dict) -> Contender:
+def _reference_contender(family) -> Contender:
     torch = require("torch")
     from bge_export.parity import quiet_stderr
 
     api = API_CALLS[family.reference_api]
-    # the parity reference: fp32 on CPU, with the bundle's options (cutoff layers, compression, instruction)
-    ref = family.reference(**api.get("reference_options", lambda v: {})(variant))
+    # the parity reference: fp32 on CPU, with the bundle's variant (cutoff layers, compression) and the options
+    ref = family.reference(**api.get("options", {}))
 
     def engine(x, b, s, w):
         enc = api["ref_tensors"](ref, x, s, w)
@@ -415,7 +410,7 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
     flops_of = get_family(meta["family"]).flops
     if flagmodel:
         log(f"loading FlagEmbedding {family.reference_api} (fp32, CPU)")
-        contenders.append(_reference_contender(family, meta["variant"]))
+        contenders.append(_reference_contender(family))
     if optimum and api_name != "FlagModel":
         log("optimum: compared with encoder bundles only in this version; skipped")
     elif optimum:

@@ -128,3 +128,15 @@ def resolve_checkpoint(model: str | os.PathLike | None) -> Checkpoint:
             f"--model {path} has no weights ({' or '.join(WEIGHT_FILES)}); pass a complete checkpoint folder"
         )
     return ckpt
+
+
+def load_tokenizer(ckpt: Checkpoint):
+    """The checkpoint's Hugging Face tokenizer (fast where it exists); a broken tokenizer is a CheckpointError."""
+    from runtimes._optional import require
+
+    transformers = require("transformers")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
+    except Exception as exc:  # a broken tokenizer file is the user's checkpoint, not our bug
+        raise CheckpointError(f"{ckpt.path}: the tokenizer does not load ({type(exc).__name__}: {exc}); "
+                              "restore the tokenizer files from the original checkpoint") from None

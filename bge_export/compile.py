@@ -12,8 +12,8 @@ from pathlib import Path
 
 from bge_export import __version__
 from bge_export.build.targets import Target, get_target
-from bge_export.checkpoint import Checkpoint, resolve_checkpoint
-from bge_export.errors import CheckpointError, OutputError, ParityError, UnsupportedTargetError
+from bge_export.checkpoint import Checkpoint, load_tokenizer, resolve_checkpoint
+from bge_export.errors import OutputError, ParityError, UnsupportedTargetError
 from bge_export.families import recognise
 from bge_export.families.base import Family
 from runtimes._optional import require
@@ -188,12 +188,7 @@ def _export(family, workdir: Path, prog: Progress):
 
 
 def _save_tokenizer(ckpt: Checkpoint, folder: Path):
-    transformers = require("transformers")
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
-    except Exception as exc:  # a broken tokenizer file is the user's checkpoint, not our bug
-        raise CheckpointError(f"{ckpt.path}: the tokenizer does not load ({type(exc).__name__}: {exc}); "
-                              "restore the tokenizer files from the original checkpoint") from None
+    tok = load_tokenizer(ckpt)
     if not tok.is_fast:
         raise OutputError(f"{ckpt.path}: the tokenizer has no fast (tokenizers) version; the runtime needs tokenizer.json")
     tok.save_pretrained(str(folder))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_export.parity import cosine_rows, dense_sample_values, gate, quiet_stderr, rerank_pairs, spearman
+from bge_export.parity import cosine_rows, gate, quiet_stderr, rerank_pairs, spearman
 
 QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
 ICL_EXAMPLES = [
@@ -23,44 +23,24 @@ ICL_EXAMPLES = [
 ]
 
 
-def run(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    if family.name == "llm-embedder":
-        return embedder_parity(family, bundle_path, precision, texts, log=log)
-    return reranker_parity(family, bundle_path, precision, texts, log=log)
-
-
-def golden_values(model, sample: dict) -> dict:
-    if "pairs" in sample:
-        got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
-        ref = np.asarray(sample["reference"], dtype=np.float64)
-        spread = max(float(ref.max() - ref.min()), 1e-12)
-        return {"max_abs_rel_spread": float(np.abs(got - ref).max() / spread),
-                "spearman": spearman(ref.ravel(), got.ravel())}
-    return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
+def score_sample_values(model, sample: dict) -> dict:
+    """Reranker scores (one row per cutoff layer) against the bundle's stored reference sample."""
+    got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
+    ref = np.asarray(sample["reference"], dtype=np.float64)
+    spread = max(float(ref.max() - ref.min()), 1e-12)
+    return {"max_abs_rel_spread": float(np.abs(got - ref).max() / spread), "spearman": spearman(ref.ravel(), got.ravel())}
 
 
 # --- rerankers ----------------------------------------------------------------------------------------------
-
-def _score_options(family) -> dict:
-    v = family.variant
-    if family.name == "layerwise-reranker":
-        return {"cutoff_layers": v["cutoff_layers"]}
-    if family.name == "compressed-reranker":
-        return {"cutoff_layers": v["cutoff_layers"], "compress_ratio": v["compress_ratio"],
-                "compress_layers": v["compress_layers"]}
-    return {}
-
 
 def reference_pair_ids(family, reference, pairs, query_max_length: int, max_length: int) -> list[list[int]]:
     """FlagEmbedding's pair token ids, built with its own tokenizer and truncation helper."""
     from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
     tok = reference.tokenizer
-    prompt = family.runtime_defaults()["prompt"]
-    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(family.prompt, add_special_tokens=False)["input_ids"]
     sep = tok("\n", add_special_tokens=False)["input_ids"]
-    always_bos = family.name != "llm-reranker"
-    add_bos = always_bos or (tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id)
+    add_bos = family.always_bos or (tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id)
     out = []
     for q, p in pairs:
         q_ids = tok("A: " + q, add_special_tokens=False, max_length=query_max_length, truncation=True)["input_ids"]
@@ -76,12 +56,12 @@ def reference_pair_ids(family, reference, pairs, query_max_length: int, max_leng
 def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
     import runtimes
 
-    reference = family.reference()
+    reference = family.reference()  # built with the bundle's cutoff layers and compression
     model = runtimes.load(bundle_path, batch_size=16)
     pairs, edge_pairs = rerank_pairs(texts)
-    everything = pairs[:160] + edge_pairs
+    pairs = pairs[:160]
+    everything = pairs + edge_pairs
     n = model.max_length
-    options = _score_options(family)
 
     mismatched = 0
     for ml in (n, 32):
@@ -92,32 +72,33 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
     checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
 
     log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
+
+    def rows(scores, n_pairs):  # one row per cutoff layer: (n_cutoff, N)
+        return np.asarray(scores, dtype=np.float64).reshape(-1, n_pairs)
+
     with quiet_stderr():
-        ref = np.asarray(reference.compute_score(everything, batch_size=32, max_length=n, **options), dtype=np.float64)
-        ref_short = np.asarray(reference.compute_score(edge_pairs, max_length=32, **options), dtype=np.float64)
-        ref_single = np.asarray(reference.compute_score(edge_pairs[:8], batch_size=1, max_length=n, **options),
-                                dtype=np.float64)
-    got = np.asarray(model.compute_score(everything), dtype=np.float64)
-    got_short = np.asarray(model.compute_score(edge_pairs, max_length=32), dtype=np.float64)
-    # one column per cutoff layer: (n_cutoff, N) -> compare all of them
-    r = np.concatenate([ref.reshape(-1, len(everything)), ref_short.reshape(-1, len(edge_pairs))], axis=1)
-    g = np.concatenate([got.reshape(-1, len(everything)), got_short.reshape(-1, len(edge_pairs))], axis=1)
+        ref = rows(reference.compute_score(everything, batch_size=32, max_length=n), len(everything))
+        ref_short = rows(reference.compute_score(edge_pairs, max_length=32), len(edge_pairs))
+        ref_single = rows(reference.compute_score(edge_pairs[:8], batch_size=1, max_length=n), 8)
+    got = rows(model.compute_score(everything), len(everything))
+    got_short = rows(model.compute_score(edge_pairs, max_length=32), len(edge_pairs))
+    r, g = np.concatenate([ref, ref_short], axis=1), np.concatenate([got, got_short], axis=1)
     spread = max(float(r.max() - r.min()), 1e-12)
+    ref_edge = ref[:, len(pairs):]
     values = {"max_abs_rel_spread": float(np.abs(r - g).max() / spread), "max_abs": float(np.abs(r - g).max()),
               "score_spread": spread, "spearman": min(spearman(a, b) for a, b in zip(r, g)),
-              "reference_self_max_abs": float(np.abs(ref_single.reshape(-1, 8)
-                                                     - ref.reshape(-1, len(everything))[:, len(pairs[:160]):][:, :8]).max())}
+              "reference_self_max_abs": float(np.abs(ref_single - ref_edge[:, :8]).max())}
     notes = {"score_spread": "max - min of the reference scores", "max_abs_rel_spread": "max |ref - bundle| / spread",
              "reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"}
-    if family.name != "compressed-reranker":  # FlagEmbedding forces right padding there
-        model.tokenizer.padding_side = "left" if model.tokenizer.padding_side == "right" else "right"
-        flipped = np.asarray(model.compute_score(everything), dtype=np.float64).reshape(-1, len(everything))
-        model.tokenizer.padding_side = "left" if model.tokenizer.padding_side == "right" else "right"
-        values["padding_side_max_abs_rel_spread"] = float(np.abs(flipped - g[:, :len(everything)]).max() / spread)
+    if not family.right_padding_only:
+        side = model.tokenizer.padding_side
+        model.tokenizer.padding_side = "left" if side == "right" else "right"
+        flipped = rows(model.compute_score(everything), len(everything))
+        model.tokenizer.padding_side = side
+        values["padding_side_max_abs_rel_spread"] = float(np.abs(flipped - got).max() / spread)
         notes["padding_side_max_abs_rel_spread"] = "the bundle with left vs right padding"
     checks += gate(family.name, "score", precision, values, notes)
-    n_main = len(pairs[:160])
-    golden = {"pairs": edge_pairs, "reference": ref[n_main:] if ref.ndim == 1 else ref[:, n_main:],
+    golden = {"pairs": edge_pairs, "reference": ref_edge[0] if len(ref_edge) == 1 else ref_edge,
               "n_texts": len(everything)}
     return checks, golden
 
@@ -127,7 +108,6 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
 def embedder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
     import runtimes
 
-    icl = family.variant["api"] == "FlagICLModel"
     reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = runtimes.load(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
@@ -143,7 +123,7 @@ def embedder_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
                reference.encode(edge, max_length=16)]
         ref_single = reference.encode(edge[:8], batch_size=1)
     got = [model.encode(edge + corpus), model.encode_queries(queries + edge), model.encode(edge, max_length=16)]
-    if icl:  # the in-context examples prefix, set on both sides
+    if family.reference_api == "FlagICLModel":  # the in-context examples prefix, set on both sides
         with quiet_stderr():
             reference.set_examples(ICL_EXAMPLES)
             ref.append(reference.encode_queries(queries + edge, batch_size=32))

@@ -34,9 +34,14 @@ def _cpu_fp32(kwargs: dict) -> dict:
     return {"use_fp16": False, "devices": "cpu", **kwargs}
 
 
-def llm_reranker(path, **kwargs: Any):
-    """``FlagLLMReranker`` (bge-reranker-v2-gemma) in fp32 on CPU. Runs on 4.57 as shipped."""
-    return _flag().FlagLLMReranker(str(path), **_cpu_fp32(kwargs))
+def flag(api: str, path, **kwargs: Any):
+    """FlagEmbedding's class ``api`` on the checkpoint at ``path``, fp32 on CPU, with the fixes below where that
+    class needs them (the others, e.g. ``FlagModel`` or ``FlagLLMReranker``, run on 4.57 as shipped)."""
+    fixed = {"LayerWiseFlagLLMReranker": layerwise_reranker, "LightWeightFlagLLMReranker": lightweight_reranker,
+             "FlagLLMModel": llm_embedder, "FlagICLModel": icl_embedder}
+    if api in fixed:
+        return fixed[api](path, **kwargs)
+    return getattr(_flag(), api)(str(path), **_cpu_fp32(kwargs))
 
 
 def layerwise_reranker(path, **kwargs: Any):

@@ -43,7 +43,7 @@ def _close(got, want, rel=1e-4):
 ])
 def test_llm_reranker_matches_flagllmreranker(bundle, options, call):
     res = bundle("tiny-llm-reranker", "ort-cpu")
-    ref, model = reference.llm_reranker(_path(res), **options), runtimes.load(res.bundle, **options)
+    ref, model = reference.flag("FlagLLMReranker", _path(res), **options), runtimes.load(res.bundle, **options)
     with quiet_stderr():
         want = ref.compute_score(PAIRS, **call)
     got = model.compute_score(PAIRS, **call)

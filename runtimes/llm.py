@@ -57,7 +57,7 @@ class LLMRerankerModel(CrossEncoderModel):
                          query_max_length=query_max_length, max_length=max_length, normalize=normalize,
                          backend_options=backend_options)
         self.prompt = self._check_prompt(prompt)
-        self.pad_to_multiple_of = int(self.defaults.get("pad_to_multiple_of") or 8)
+        self.pad_to_multiple_of = int(self.defaults["pad_to_multiple_of"])
         self.bos_token_id = self.defaults.get("bos_token_id")
         self.add_bos = bool(self.defaults.get("add_bos"))
         self.sep_ids = self.tokenizer.encode_plain(["\n"])[0]
@@ -154,11 +154,9 @@ class LightWeightRerankerModel(LayerWiseRerankerModel):
     bundle's settings, other values must match them (a leading subset of the cutoff layers is fine). Padding is
     always on the right, as FlagEmbedding forces it (token compression needs it)."""
 
-    def __init__(self, bundle: Bundle, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any):
-        options.setdefault("query_instruction_for_rerank", "A: ")
+    def __init__(self, bundle: Bundle, *, compress_ratio=None, compress_layers=None, **options: Any):
         super().__init__(bundle, **options)
         self.tokenizer.padding_side = "right"
-        self.cutoff_layers = cutoff_layers
         self.compress_ratio, self.compress_layers = compress_ratio, compress_layers
         self.score_options({})  # validate the constructor's settings now
 
@@ -194,16 +192,26 @@ class LightWeightRerankerModel(LayerWiseRerankerModel):
             if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
                 raise InputError(f"compress_ratio must be a positive int, got {r!r}")
             asked = d["compress_layers"] if layers is None else _layers(layers, "compress_layers")
-            cut = max(d["cutoff_layers"])
-            effective = sorted({x for x in asked if 0 < x < cut}) if r > 1 else []
-            if (int(r) if effective else 1) != (d["compress_ratio"] if d["effective_compress_layers"] else 1) \
-                    or effective != d["effective_compress_layers"]:
+            built = compression(d["compress_ratio"], d["compress_layers"], d["cutoff_layers"])
+            if compression(int(r), asked, d["cutoff_layers"]) != built:
                 raise IncompatibleBundleError(
                     f"this bundle was built with compress_ratio={d['compress_ratio']}, compress_layers="
-                    f"{d['compress_layers']} (compression before layers {d['effective_compress_layers'] or 'none'}); "
+                    f"{d['compress_layers']} (compression before layers {built[1] or 'none'}); "
                     f"compress_ratio={r}, compress_layers={asked} needs another bundle: rebuild with "
                     f"`bge-export --compress-ratio {r} --compress-layers {','.join(map(str, asked))}`")
         return out
+
+
+def effective_compress_layers(cutoffs: list[int], ratio: int, layers: list[int]) -> list[int]:
+    """The layers before which FlagEmbedding really compresses: none at ratio 1, never before layer 0, and none
+    at or past the deepest cutoff (its loop stops there)."""
+    return sorted({x for x in layers if 0 < x < max(cutoffs)}) if ratio > 1 else []
+
+
+def compression(ratio: int, layers: list[int], cutoffs: list[int]) -> tuple[int, list[int]]:
+    """What a compression setting does, so that equivalent settings compare equal: (ratio, layers), (1, []) if none."""
+    effective = effective_compress_layers(cutoffs, ratio, layers)
+    return (ratio if effective else 1), effective
 
 
 class LLMEmbedderModel(EncoderModel):
@@ -230,8 +238,12 @@ class ICLEmbedderModel(LLMEmbedderModel):
         super().__init__(bundle, **options)
         if not isinstance(suffix, str):
             raise InputError(f"suffix must be a str, got {type(suffix).__name__}")
-        if not isinstance(examples_instruction_format, str):
-            raise InputError("examples_instruction_format must be a str with three '{}' fields")
+        try:
+            examples_instruction_format.replace("\\n", "\n").format("", "", "")
+        except (AttributeError, IndexError, KeyError, ValueError):
+            raise InputError("examples_instruction_format must be a str with three '{}' fields (instruction, query, "
+                             f"response) such as '<instruct>{{}}\\n<query>{{}}\\n<response>{{}}', got "
+                             f"{examples_instruction_format!r}") from None
         self.suffix = suffix
         self.examples_instruction_format = examples_instruction_format.replace("\\n", "\n")
         self.examples_for_task = None

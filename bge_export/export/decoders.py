@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bge_export.errors import CheckpointError
+from bge_export.export.wrappers import user_weights
 
 
 @dataclass(frozen=True)
@@ -99,19 +100,20 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model.bin, weights only."""
     path = Path(path)
     files = sorted(path.glob("*.safetensors"))
-    state: dict[str, torch.Tensor] = {}
-    if files:
-        from safetensors.torch import load_file
-
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    files = sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        files = sorted(path.glob("pytorch_model*.bin"))
     if not files:
         raise CheckpointError(f"{path} has no weights (*.safetensors or pytorch_model*.bin); copy the weight files "
                               "of the original checkpoint next to config.json")
-    for f in files:
-        state.update(torch.load(str(f), map_location="cpu", weights_only=True))
+    state: dict[str, torch.Tensor] = {}
+    with user_weights(path):  # a truncated or corrupt weight file is a one-line CheckpointError
+        for f in files:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(f)))
+            else:
+                state.update(torch.load(str(f), map_location="cpu", weights_only=True))
     return state
 
 

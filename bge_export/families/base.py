@@ -79,6 +79,16 @@ class Family:
         """Statistics of the runtime ``model`` against the bundle's stored reference sample."""
         raise NotImplementedError
 
+    def reference_options(self) -> dict:
+        """The reference constructor's options that this family's variant fixes (pooling, cutoff layers, ...)."""
+        return {}
+
+    def reference(self, **kwargs):
+        """FlagEmbedding's own class for this family, fp32 on CPU, built with the variant's options."""
+        from bge_export import reference
+
+        return reference.flag(self.reference_api, self.ckpt.path, **{**self.reference_options(), **kwargs})
+
     # The following are implemented per family.
     def model_info(self) -> dict: ...
     def inputs(self) -> list[TensorSpec]: ...

@@ -62,12 +62,6 @@ class CrossEncoderFamily(Family):
         return CrossEncoderScorer.from_checkpoint(
             self.ckpt.path, cls_only_last_layer=self.variant["cls_only_last_layer"] and not reference)
 
-    def reference(self, **kwargs):
-        from runtimes._optional import require
-
-        flag = require("FlagEmbedding")
-        return flag.FlagReranker(str(self.ckpt.path), use_fp16=False, devices="cpu", **kwargs)
-
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
         from bge_export.parity import cross_encoder_parity
 

@@ -69,10 +69,14 @@ class DecoderFamily(Family, abstract=True):
             raise UnsupportedFamilyError(f"the {self.name} family has no option(s) {sorted(unknown)}")
         return {"architecture": self.ckpt.config["model_type"], "export_dtype": dtype}
 
+    def attn_softcap(self) -> bool:
+        """Whether the graph applies Gemma2's attention soft-cap: what the FlagEmbedding reference runs."""
+        return True
+
     def spec(self):
         from bge_export.export.decoders import spec_from_config
 
-        return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=self.variant.get("attention") != "sdpa")
+        return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=self.attn_softcap())
 
     def layers_in_graph(self) -> int:
         return int(self.ckpt.config["num_hidden_layers"])
@@ -102,41 +106,51 @@ class DecoderFamily(Family, abstract=True):
         return [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]
 
     def tokenizer(self):
-        from runtimes._optional import require
+        from bge_export.checkpoint import load_tokenizer
 
-        return require("transformers").AutoTokenizer.from_pretrained(str(self.ckpt.path))
-
-    def pair_defaults(self, tok, prompt: str) -> dict:
-        """What the LLM rerankers' pair building needs on the host (FlagEmbedding's own defaults)."""
-        bos = tok.bos_token_id
-        return {"max_length": 512, "prompt": prompt, "bos_token_id": bos,
-                "add_bos": bos is not None and bos != tok.pad_token_id, "pad_to_multiple_of": 8,
-                "query_instruction_for_rerank": "A: ", "passage_instruction_for_rerank": "B: "}
+        return load_tokenizer(self.ckpt)
 
     def build(self, head_layers: int, state=None):
         from bge_export.export.decoders import build_stack
 
         return build_stack(self.ckpt.path, self.spec(), head_layers, self.torch_dtype(), state)
 
+
+class DecoderRerankerFamily(DecoderFamily, abstract=True):
+    """The three LLM rerankers: FlagEmbedding's pair building (reference-semantics §6-§8) and score parity."""
+
+    parity_outputs = ("tokens", "score", "golden")
+    prompt = LLM_RERANK_PROMPT  # FlagEmbedding's default prompt of this class
+    always_bos = False  # FlagLLMReranker adds BOS only when it differs from PAD; the layer-wise classes always do
+    right_padding_only = False  # the lightweight reranker forces right padding (its compression needs it)
+
+    def runtime_defaults(self) -> dict:
+        """What the host-side pair building needs (FlagEmbedding's own defaults)."""
+        tok = self.tokenizer()
+        bos = tok.bos_token_id
+        if self.always_bos and (bos is None or tok.pad_token_id is None):
+            raise CheckpointError(f"{self.ckpt.path}: the {self.name} family needs a tokenizer with bos and pad tokens")
+        return {"max_length": 512, "prompt": self.prompt, "bos_token_id": bos, "pad_to_multiple_of": 8,
+                "add_bos": self.always_bos or (bos is not None and bos != tok.pad_token_id)}
+
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
         from bge_export import decoder_parity
 
-        return decoder_parity.run(self, bundle_path, precision, texts, log=log)
+        return decoder_parity.reranker_parity(self, bundle_path, precision, texts, log=log)
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
         from bge_export import decoder_parity
 
-        return decoder_parity.golden_values(model, sample)
+        return decoder_parity.score_sample_values(model, sample)
 
 
 @register_family
-class LLMRerankerFamily(DecoderFamily):
+class LLMRerankerFamily(DecoderRerankerFamily):
     name = "llm-reranker"
     reference_api = "FlagLLMReranker"
     description = "LLM reranker scoring the 'Yes' logit of a causal LM: bge-reranker-v2-gemma"
     checkpoints = ("BAAI/bge-reranker-v2-gemma",)
-    parity_outputs = ("tokens", "score", "golden")
     model_types = ("gemma", "gemma2", "llama", "mistral")
 
     @classmethod
@@ -146,8 +160,7 @@ class LLMRerankerFamily(DecoderFamily):
 
     def make_variant(self, **options: Any) -> dict:
         variant = self.common_variant(options)
-        tok = self.tokenizer()
-        ids = tok("Yes", add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer()("Yes", add_special_tokens=False)["input_ids"]
         if not ids:
             raise CheckpointError(f"{self.ckpt.path}: the tokenizer has no token for 'Yes'; it is not an LLM reranker")
         return {**variant, "yes_token_id": int(ids[0])}
@@ -155,63 +168,52 @@ class LLMRerankerFamily(DecoderFamily):
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec("score", "float32", ("batch",))]
 
-    def runtime_defaults(self) -> dict:
-        return self.pair_defaults(self.tokenizer(), LLM_RERANK_PROMPT)
-
     def torch_module(self, *, reference: bool = False):
         from bge_export.export.decoders import YesScorer, load_state_dict
 
         state = load_state_dict(self.ckpt.path)
-        cfg = self.ckpt.config
         head = state.get("lm_head.weight")
         if head is None:  # tied embeddings (Gemma)
             head = state.get("model.embed_tokens.weight", state.get("embed_tokens.weight"))
         stack = self.build(self.layers_in_graph(), state)
-        return YesScorer(stack, head[self.variant["yes_token_id"]], cfg.get("final_logit_softcapping")).eval()
-
-    def reference(self, **kwargs):
-        from bge_export import reference
-
-        return reference.llm_reranker(str(self.ckpt.path), **kwargs)
+        return YesScorer(stack, head[self.variant["yes_token_id"]],
+                         self.ckpt.config.get("final_logit_softcapping")).eval()
 
 
-@register_family
-class LayerwiseRerankerFamily(DecoderFamily):
-    name = "layerwise-reranker"
-    reference_api = "LayerWiseFlagLLMReranker"
-    description = "layer-wise MiniCPM reranker, one score per cutoff layer: bge-reranker-v2-minicpm-layerwise"
-    checkpoints = ("BAAI/bge-reranker-v2-minicpm-layerwise",)
-    parity_outputs = ("tokens", "score", "golden")
-    variant_keys = ("export_dtype", "cutoff_layers")
-    REQUIRED = ("start_layer", "scale_emb", "scale_depth", "head_type")
+class CutoffRerankerFamily(DecoderRerankerFamily, abstract=True):
+    """Rerankers with one scoring head per layer (layer-wise MiniCPM, lightweight Gemma2): the cutoff layers are
+    an export-time variant, the graph stops at the deepest one and outputs one score per cutoff."""
 
-    @classmethod
-    def matches(cls, ckpt) -> bool:
-        return ckpt.config.get("model_type") == "minicpm"
+    always_bos = True
+    required_config: tuple[str, ...] = ("start_layer",)
+    original: str = ""  # the BGE checkpoint whose config.json holds the fields
 
     def __init__(self, ckpt, **variant_options):
-        missing = [k for k in self.REQUIRED if k not in ckpt.config]
+        missing = [k for k in self.required_config if k not in ckpt.config]
         if missing:
-            raise CheckpointError(f"{ckpt.path}/config.json lacks the layer-wise reranker fields {missing}; restore "
-                                  "config.json of the original bge-reranker-v2-minicpm-layerwise checkpoint")
-        if ckpt.config["head_type"] != "simple" or not ckpt.config.get("head_multi", True):
-            raise CheckpointError(f"{ckpt.path}: head_type={ckpt.config['head_type']!r}, head_multi="
-                                  f"{ckpt.config.get('head_multi')!r}; FlagEmbedding's layer-wise reranker (and "
-                                  "bge-export) serve head_type 'simple' with one head per layer")
+            raise CheckpointError(f"{ckpt.path}/config.json lacks the {self.name} fields {missing}; restore "
+                                  f"config.json of the original {self.original} checkpoint")
+        self.check_heads(ckpt.config, ckpt.path)
         super().__init__(ckpt, **variant_options)
 
-    def valid_cutoffs(self) -> list[int]:
-        return list(range(int(self.ckpt.config["start_layer"]), int(self.ckpt.config["num_hidden_layers"]) + 1))
+    @staticmethod
+    def check_heads(cfg: dict, path) -> None:
+        """Refuse head layouts FlagEmbedding's inference class cannot serve."""
 
-    def make_variant(self, *, cutoff_layers=None, **options: Any) -> dict:
-        variant = self.common_variant(options)
+    def valid_cutoffs(self) -> list[int]:
+        """The layers with a scoring head: range(start_layer, num_hidden_layers + 1, layer_sep)."""
+        c = self.ckpt.config
+        return list(range(int(c["start_layer"]), int(c["num_hidden_layers"]) + 1, int(c.get("layer_sep", 1))))
+
+    def cutoff_variant(self, cutoff_layers) -> list[int]:
         valid = self.valid_cutoffs()
         cutoffs = parse_layers(cutoff_layers, "--cutoff-layers") or [valid[-1]]
         bad = [c for c in cutoffs if c not in valid]
         if bad:
-            raise UnsupportedFamilyError(f"--cutoff-layers {bad} are outside this model's scoring layers "
-                                         f"{valid[0]}..{valid[-1]} (start_layer..num_hidden_layers)")
-        return {**variant, "cutoff_layers": sorted(set(cutoffs))}
+            raise UnsupportedFamilyError(
+                f"--cutoff-layers {bad} are outside this model's scoring layers {valid[0]}..{valid[-1]}; these are "
+                f"not scoring layers of this model, which has heads for layers {valid}")
+        return sorted(set(cutoffs))
 
     def layers_in_graph(self) -> int:
         return max(self.variant["cutoff_layers"])
@@ -220,75 +222,93 @@ class LayerwiseRerankerFamily(DecoderFamily):
         return [TensorSpec("scores", "float32", ("batch", len(self.variant["cutoff_layers"])))]
 
     def runtime_defaults(self) -> dict:
-        tok = self.tokenizer()
-        if tok.bos_token_id is None or tok.pad_token_id is None:
-            raise CheckpointError(f"{self.ckpt.path}: the layer-wise reranker needs a tokenizer with bos and pad tokens")
-        return {**self.pair_defaults(tok, LLM_RERANK_PROMPT), "add_bos": True,
-                "cutoff_layers": self.variant["cutoff_layers"], "valid_cutoff_layers": self.valid_cutoffs()}
+        return {**super().runtime_defaults(), "cutoff_layers": self.variant["cutoff_layers"]}
 
-    def torch_module(self, *, reference: bool = False):
+    def head_indices(self) -> list[int]:
+        """Which ``lm_head.{k}`` scores each cutoff, in the graph's column order."""
+        raise NotImplementedError
+
+    def head_weights(self, state):
         import torch
 
-        from bge_export.export.decoders import LayerwiseScorer, load_state_dict
-
-        state = load_state_dict(self.ckpt.path)
-        start = int(self.ckpt.config["start_layer"])
         try:
-            heads = torch.stack([state[f"lm_head.{c - start}.linear_head.weight"][0] for c in self.variant["cutoff_layers"]])
+            return torch.stack([state[f"lm_head.{k}.linear_head.weight"][0] for k in self.head_indices()])
         except KeyError as exc:
             raise CheckpointError(f"{self.ckpt.path}: the weights lack the scoring head {exc.args[0]}; the checkpoint "
                                   "is incomplete") from None
-        return LayerwiseScorer(self.build(self.layers_in_graph(), state), self.variant["cutoff_layers"], heads).eval()
 
-    def reference(self, **kwargs):
-        from bge_export import reference
-
-        return reference.layerwise_reranker(str(self.ckpt.path), **kwargs)
+    def reference_options(self) -> dict:
+        return {"cutoff_layers": list(self.variant["cutoff_layers"])}
 
 
 @register_family
-class CompressedRerankerFamily(DecoderFamily):
+class LayerwiseRerankerFamily(CutoffRerankerFamily):
+    name = "layerwise-reranker"
+    reference_api = "LayerWiseFlagLLMReranker"
+    description = "layer-wise MiniCPM reranker, one score per cutoff layer: bge-reranker-v2-minicpm-layerwise"
+    checkpoints = ("BAAI/bge-reranker-v2-minicpm-layerwise",)
+    variant_keys = ("export_dtype", "cutoff_layers")
+    required_config = ("start_layer", "scale_emb", "scale_depth", "head_type")
+    original = "bge-reranker-v2-minicpm-layerwise"
+
+    @classmethod
+    def matches(cls, ckpt) -> bool:
+        return ckpt.config.get("model_type") == "minicpm"
+
+    @staticmethod
+    def check_heads(cfg: dict, path) -> None:
+        if cfg["head_type"] != "simple" or not cfg.get("head_multi", True):
+            raise CheckpointError(f"{path}: head_type={cfg['head_type']!r}, head_multi={cfg.get('head_multi')!r}; "
+                                  "FlagEmbedding's layer-wise reranker (and bge-export) serve head_type 'simple' with "
+                                  "one head per layer")
+
+    def make_variant(self, *, cutoff_layers=None, **options: Any) -> dict:
+        return {**self.common_variant(options), "cutoff_layers": self.cutoff_variant(cutoff_layers)}
+
+    def head_indices(self) -> list[int]:
+        start = int(self.ckpt.config["start_layer"])  # MiniCPM: the head of layer c is lm_head[c - start_layer]
+        return [c - start for c in self.variant["cutoff_layers"]]
+
+    def torch_module(self, *, reference: bool = False):
+        from bge_export.export.decoders import LayerwiseScorer, load_state_dict
+
+        state = load_state_dict(self.ckpt.path)
+        return LayerwiseScorer(self.build(self.layers_in_graph(), state), self.variant["cutoff_layers"],
+                               self.head_weights(state)).eval()
+
+
+@register_family
+class CompressedRerankerFamily(CutoffRerankerFamily):
     name = "compressed-reranker"
     reference_api = "LightWeightFlagLLMReranker"
     description = ("token-compressed Gemma2 reranker with cutoff layers: bge-reranker-v2.5-gemma2-lightweight")
     checkpoints = ("BAAI/bge-reranker-v2.5-gemma2-lightweight",)
-    parity_outputs = ("tokens", "score", "golden")
     variant_keys = ("export_dtype", "cutoff_layers", "compress_ratio", "compress_layers")
-    REQUIRED = ("start_layer", "layer_sep", "layer_wise")
+    required_config = ("start_layer", "layer_sep", "layer_wise")
+    original = "bge-reranker-v2.5-gemma2-lightweight"
+    prompt = LIGHTWEIGHT_PROMPT
+    right_padding_only = True
 
     @classmethod
     def matches(cls, ckpt) -> bool:
         return ckpt.config.get("model_type") == "cost_wise_gemma"
 
-    def __init__(self, ckpt, **variant_options):
-        missing = [k for k in self.REQUIRED if k not in ckpt.config]
-        if missing:
-            raise CheckpointError(f"{ckpt.path}/config.json lacks the lightweight reranker fields {missing}; restore "
-                                  "config.json of the original bge-reranker-v2.5-gemma2-lightweight checkpoint")
-        if not ckpt.config["layer_wise"]:
-            raise CheckpointError(f"{ckpt.path}: layer_wise is false; FlagEmbedding's lightweight reranker (and "
+    @staticmethod
+    def check_heads(cfg: dict, path) -> None:
+        if not cfg["layer_wise"]:
+            raise CheckpointError(f"{path}: layer_wise is false; FlagEmbedding's lightweight reranker (and "
                                   "bge-export) need the layer-wise heads")
-        super().__init__(ckpt, **variant_options)
 
-    def spec(self):
+    def attn_softcap(self) -> bool:
         # FlagEmbedding runs this model's Gemma2 layers with SDPA attention, which has no attention soft-cap
         # (reference-semantics §0.6); the graph follows the reference.
-        from bge_export.export.decoders import spec_from_config
-
-        return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=False)
-
-    def valid_cutoffs(self) -> list[int]:
-        c = self.ckpt.config
-        return list(range(int(c["start_layer"]), int(c["num_hidden_layers"]) + 1, int(c["layer_sep"])))
+        return False
 
     def make_variant(self, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any) -> dict:
+        from runtimes.llm import effective_compress_layers
+
         variant = self.common_variant(options)
-        valid = self.valid_cutoffs()
-        cutoffs = parse_layers(cutoff_layers, "--cutoff-layers") or [int(self.ckpt.config["num_hidden_layers"])]
-        bad = [c for c in cutoffs if c not in valid]
-        if bad:
-            raise UnsupportedFamilyError(f"--cutoff-layers {bad} are not scoring layers of this model; it has "
-                                         f"{valid} (range(start_layer, num_hidden_layers + 1, layer_sep))")
+        cutoffs = self.cutoff_variant(cutoff_layers)
         ratio = 1 if compress_ratio is None else compress_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
             raise UnsupportedFamilyError(f"--compress-ratio must be a positive int (1 = no compression), got {ratio!r}")
@@ -296,40 +316,26 @@ class CompressedRerankerFamily(DecoderFamily):
         n = int(self.ckpt.config["num_hidden_layers"])
         if any(not 0 <= x <= n for x in layers):
             raise UnsupportedFamilyError(f"--compress-layers {layers} must lie in 0..{n}")
-        cutoffs = sorted(set(cutoffs))
         return {**variant, "cutoff_layers": cutoffs, "compress_ratio": ratio, "compress_layers": sorted(set(layers)),
                 "effective_compress_layers": effective_compress_layers(cutoffs, ratio, layers)}
-
-    def layers_in_graph(self) -> int:
-        return max(self.variant["cutoff_layers"])
 
     def inputs(self) -> list[TensorSpec]:
         return super().inputs() + [TensorSpec(n, "int64", ("batch",)) for n in ("query_lengths", "prompt_lengths")]
 
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec("scores", "float32", ("batch", len(self.variant["cutoff_layers"])))]
-
     def runtime_defaults(self) -> dict:
-        tok = self.tokenizer()
         v = self.variant
-        return {**self.pair_defaults(tok, LIGHTWEIGHT_PROMPT), "add_bos": True, "padding_side": "right",
-                "cutoff_layers": v["cutoff_layers"], "valid_cutoff_layers": self.valid_cutoffs(),
-                "compress_ratio": v["compress_ratio"], "compress_layers": v["compress_layers"],
-                "effective_compress_layers": v["effective_compress_layers"]}
+        return {**super().runtime_defaults(), "compress_ratio": v["compress_ratio"], "compress_layers": v["compress_layers"]}
+
+    def head_indices(self) -> list[int]:
+        # FlagEmbedding scores the i-th recorded state with head i (not the head of that layer)
+        return list(range(len(self.variant["cutoff_layers"])))
 
     def torch_module(self, *, reference: bool = False):
-        import torch
-
         from bge_export.export.decoders import CompressedScorer, load_state_dict
 
         state = load_state_dict(self.ckpt.path)
         v = self.variant
-        try:  # FlagEmbedding scores the i-th recorded state with head i (not the head of that layer)
-            heads = torch.stack([state[f"lm_head.{i}.linear_head.weight"][0] for i in range(len(v["cutoff_layers"]))])
-        except KeyError as exc:
-            raise CheckpointError(f"{self.ckpt.path}: the weights lack the scoring head {exc.args[0]}; the checkpoint "
-                                  "is incomplete") from None
-        return CompressedScorer(self.build(self.layers_in_graph(), state), v["cutoff_layers"], heads,
+        return CompressedScorer(self.build(self.layers_in_graph(), state), v["cutoff_layers"], self.head_weights(state),
                                 v["compress_ratio"], v["compress_layers"],
                                 self.ckpt.config.get("final_logit_softcapping")).eval()
 
@@ -342,15 +348,10 @@ class CompressedRerankerFamily(DecoderFamily):
         r = np.maximum(1, real // 4)
         return {**feeds, "query_lengths": q.astype(np.int64), "prompt_lengths": np.minimum(r, real - q).astype(np.int64)}
 
-    def reference(self, **kwargs):
-        from bge_export import reference
-
-        return reference.lightweight_reranker(str(self.ckpt.path), **kwargs)
-
-
-def effective_compress_layers(cutoffs: list[int], ratio: int, layers: list[int]) -> list[int]:
-    """The layers before which compression really happens: FlagEmbedding skips layer 0 and stops at max(cutoffs)."""
-    return sorted({x for x in layers if 0 < x < max(cutoffs)}) if ratio > 1 else []
+    def reference_options(self) -> dict:
+        v = self.variant
+        return {**super().reference_options(), "compress_ratio": v["compress_ratio"],
+                "compress_layers": list(v["compress_layers"])}
 
 
 @register_family
@@ -389,27 +390,32 @@ class LLMEmbedderFamily(DecoderFamily):
         return {**variant, "api": api, "attention": attention,
                 "attn_softcap": bool(gemma2 and attention == "eager" and self.ckpt.config.get("attn_logit_softcapping"))}
 
+    def attn_softcap(self) -> bool:
+        return self.variant["attn_softcap"]
+
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
 
     def runtime_defaults(self) -> dict:
-        tok = self.tokenizer()
-        d = {"max_length": 512, "eos_token": tok.eos_token, "bos_token": tok.bos_token,
-             "clean_up_tokenization_spaces": bool(tok.clean_up_tokenization_spaces)}
-        if self.variant["api"] == "FlagICLModel":
-            d.update(query_instruction_format="<instruct>{}\n<query>{}", suffix="\n<response>",
-                     examples_instruction_format="<instruct>{}\n<query>{}\n<response>{}")
-        else:
-            d.update(query_instruction_format="Instruct: {}\nQuery: {}")
-        return d
+        fmt = "<instruct>{}\n<query>{}" if self.variant["api"] == "FlagICLModel" else "Instruct: {}\nQuery: {}"
+        return {"max_length": 512, "query_instruction_format": fmt,
+                "clean_up_tokenization_spaces": bool(self.tokenizer().clean_up_tokenization_spaces)}
 
     def torch_module(self, *, reference: bool = False):
         from bge_export.export.decoders import LastTokenEmbedder
 
         return LastTokenEmbedder(self.build(self.layers_in_graph())).eval()
 
-    def reference(self, **kwargs):
-        from bge_export import reference
+    def reference_options(self) -> dict:
+        return {"attn_implementation": self.variant["attention"]}
 
-        fn = reference.icl_embedder if self.variant["api"] == "FlagICLModel" else reference.llm_embedder
-        return fn(str(self.ckpt.path), attn_implementation=self.variant["attention"], **kwargs)
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
+        from bge_export import decoder_parity
+
+        return decoder_parity.embedder_parity(self, bundle_path, precision, texts, log=log)
+
+    @staticmethod
+    def golden_values(model, sample: dict) -> dict:
+        from bge_export.parity import encoder_golden_values
+
+        return encoder_golden_values(model, sample)

@@ -124,14 +124,8 @@ class EncoderFamily(Family):
         variant = dict(self.variant, cls_only_last_layer=False) if reference else self.variant
         return EncoderPooler.from_checkpoint(self.ckpt.path, **variant)
 
-    def reference(self, **kwargs):
-        """FlagEmbedding's FlagModel on this checkpoint, fp32 on CPU."""
-        from runtimes._optional import require
-
-        flag = require("FlagEmbedding")
-        return flag.FlagModel(
-            str(self.ckpt.path), use_fp16=False, devices="cpu", pooling_method=self.variant["pooling"], **kwargs
-        )
+    def reference_options(self) -> dict:
+        return {"pooling_method": self.variant["pooling"]}
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
         from bge_export.parity import encoder_parity

@@ -64,9 +64,9 @@ class M3Family(Family):
 
     def runtime_defaults(self) -> dict:
         """FlagEmbedding's max_length default (512, not the model's 8192) and the ids its lexical dicts drop."""
-        from runtimes._optional import require
+        from bge_export.checkpoint import load_tokenizer
 
-        tok = require("transformers").AutoTokenizer.from_pretrained(str(self.ckpt.path))
+        tok = load_tokenizer(self.ckpt)
         unused = sorted({tok.convert_tokens_to_ids(tok.special_tokens_map[t])
                          for t in ("cls_token", "eos_token", "pad_token", "unk_token") if t in tok.special_tokens_map})
         return {"max_length": min(512, self.max_sequence_length()), "unused_token_ids": unused,
@@ -76,12 +76,6 @@ class M3Family(Family):
         from bge_export.export.wrappers import M3Heads
 
         return M3Heads.from_checkpoint(self.ckpt.path)
-
-    def reference(self, **kwargs):
-        from runtimes._optional import require
-
-        flag = require("FlagEmbedding")
-        return flag.BGEM3FlagModel(str(self.ckpt.path), use_fp16=False, devices="cpu", **kwargs)
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
         from bge_export.parity import m3_parity
