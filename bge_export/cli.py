@@ -9,8 +9,9 @@ import sys
 
 from bge_export import __version__
 
-COMMANDS = ("inspect", "parity", "bench", "families")
-TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8")  # kept in sync with build.targets by a unit test
+COMMANDS = ("inspect", "parity", "bench", "families", "lint")
+TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8", "ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16",
+                "trt-bf16", "trt-int8")  # kept in sync with build.targets by a unit test
 
 MAIN_DESCRIPTION = """\
 Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
@@ -20,6 +21,8 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
   bge-export inspect bundles/small-int8            # what is in a bundle
   bge-export parity bundles/small-int8             # re-run parity
   bge-export bench bundles/a bundles/b             # time bundles against FlagEmbedding and optimum
+  bge-export --model BAAI/bge-m3 --target trt-fp16 --trt-seq-buckets 128,512,2048 --out bundles/m3-trt
+  bge-export lint bundles/m3-onnx-fp16 --target trt  # what would stop or slow a TensorRT build (no TensorRT needed)
   bge-export --model BAAI/bge-reranker-v2-minicpm-layerwise --cutoff-layers 28,40 --out bundles/lw
   bge-export --model BAAI/bge-reranker-v2.5-gemma2-lightweight --cutoff-layers 28 \
              --compress-ratio 2 --compress-layers 24,40 --out bundles/light
@@ -29,14 +32,24 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
 """
 
 TARGET_HELP = """targets:
-  onnx          the exported fp32 ONNX graph, unoptimised (portable)
-  ort-cpu       fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
-  ort-cpu-int8  dynamic int8 (per-channel weights, VNNI) for ONNX Runtime CPU
+  onnx           the exported fp32 ONNX graph, unoptimised (portable)
+  ort-cpu        fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
+  ort-cpu-int8   dynamic int8 (per-channel weights, VNNI) for ONNX Runtime CPU
+  ort-cuda       fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs
+  ort-cuda-fp16  the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)
+  onnx-fp16      the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime
+  onnx-int8      the symmetric QDQ int8 ONNX that trt-int8 compiles; parity-checked on ONNX Runtime
+  trt-fp16       TensorRT engine (strongly typed) from onnx-fp16; needs TensorRT and an NVIDIA GPU
+  trt-bf16       TensorRT engine from a bf16 export (decoder families; the Gemma models)
+  trt-int8       TensorRT engine from onnx-int8 (explicit quantization)
+GPU bundles built on a machine without CUDA are parity-checked on ONNX Runtime CPU: that checks the graph and
+its precision, not the CUDA kernels; re-run `bge-export parity BUNDLE` on the GPU machine.
 
 other commands (bge-export COMMAND --help):
   inspect   show a bundle's manifest: family, target, files, fusions, parity
   parity    re-run parity of a bundle against FlagEmbedding
   bench     time bundles against FlagEmbedding and optimum's ONNX export
+  lint      check a bundle's graph for what TensorRT cannot parse or runs slowly (runs without TensorRT)
   families  list the supported families and targets
 
 exit codes: 0 ok, 1 parity or graph check failed, 2 bad input, 3 internal error (a bug)"""
@@ -88,6 +101,20 @@ def main_parser() -> argparse.ArgumentParser:
                         "(default), sdpa drops it as transformers' SDPA does; the reference is pinned to the same")
     g.add_argument("--embedder-api", choices=("FlagLLMModel", "FlagICLModel"), default=None,
                    help="decoder embedders: the FlagEmbedding API to serve (default: FlagICLModel for bge-en-icl)")
+    t = p.add_argument_group("TensorRT targets (trt-*)")
+    t.add_argument("--trt-seq-buckets", metavar="L1,L2", default=None,
+                   help="one optimization profile per sequence bucket up to the model's max length "
+                        "(default 128,512 and the max length)")
+    t.add_argument("--trt-max-batch", type=int, metavar="N", default=None,
+                   help="largest batch of each profile (default 64; buckets over 512 tokens get 64*512/length)")
+    t.add_argument("--trt-opt-batch", type=int, metavar="N", default=None,
+                   help="the batch TensorRT tunes its kernels for (default: the profile's largest)")
+    t.add_argument("--timing-cache", metavar="FILE", default=None,
+                   help="TensorRT timing cache to reuse and update (default ~/.cache/bge-export/tensorrt-*.timing-cache)")
+    t.add_argument("--trt-opt-level", type=int, choices=range(0, 6), default=None, metavar="0-5",
+                   help="builder optimization level (default 3)")
+    t.add_argument("--trt-workspace-gb", type=float, metavar="GB", default=None,
+                   help="workspace memory limit for the builder (default: TensorRT's, the GPU's memory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -104,8 +131,14 @@ def cmd_build(argv: list[str]) -> int:
     variant = {"cutoff_layers": args.cutoff_layers, "compress_ratio": args.compress_ratio,
                "compress_layers": args.compress_layers, "export_dtype": args.export_dtype,
                "attention": args.attention, "api": args.embedder_api}
+    from bge_export.build.trt import parse_int_list
+
+    build_options = {"sequence_buckets": parse_int_list(args.trt_seq_buckets, "--trt-seq-buckets"),
+                     "max_batch": args.trt_max_batch, "opt_batch": args.trt_opt_batch,
+                     "timing_cache": args.timing_cache, "optimization_level": args.trt_opt_level,
+                     "workspace_gb": args.trt_workspace_gb}
     result = compile_bundle(args.model, args.target, args.out, pooling=args.pooling, variant=variant,
-                            parity=not args.no_parity,
+                            parity=not args.no_parity, build_options=build_options,
                             overwrite=args.overwrite, log=_log, quiet=args.quiet)
     if args.json:
         print(json.dumps({"bundle": str(result.bundle), "family": result.manifest.family,
@@ -197,25 +230,50 @@ def cmd_families(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bge-export families", description="List supported families and targets.")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from bge_export.build.targets import PLANNED, TARGETS
+    from bge_export.build.targets import TARGETS
     from bge_export.families import FAMILIES
 
     rows = [{"family": f.name, "reference": f.reference_api, "description": f.description,
              "targets": list(f.targets), "checkpoints": list(f.checkpoints)} for f in FAMILIES.values()]
     if args.json:
-        print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()},
-                          "planned_targets": PLANNED}, indent=2))
+        print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()}}, indent=2))
         return 0
     for r in rows:
         print(f"{r['family']:<10} {r['reference']:<10} targets: {', '.join(r['targets'])}\n           {r['description']}")
     print("\ntargets:\n" + "\n".join(f"  {k:<13} {v.description}" for k, v in TARGETS.items()))
-    print("planned:\n" + "\n".join(f"  {k:<13} {v}" for k, v in PLANNED.items()))
     return 0
+
+
+def cmd_lint(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="bge-export lint", description="Check a bundle's ONNX graph (or an .onnx file) "
+                                "for what would stop or slow a TensorRT build: operators the ONNX-TensorRT parser "
+                                "does not support, ONNX Runtime contrib ops, data-dependent shapes, int64 compute, "
+                                "asymmetric Q/DQ. Runs without TensorRT. Exit code 1 when a problem would stop "
+                                "the build.")
+    p.add_argument("bundle", metavar="BUNDLE_OR_ONNX")
+    p.add_argument("--target", choices=("trt",), default="trt", help="the engine to lint for (default: trt)")
+    p.add_argument("--trt-version", default="10.13", help="the TensorRT version to check against (default 10.13)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    from bge_export.lint import lint_trt
+
+    path = Path(args.bundle)
+    if path.is_dir():
+        from runtimes.bundle import open_bundle
+
+        engine = open_bundle(path, verify=False).manifest.engine
+        path = path / engine.get("onnx", engine["file"])
+    report = lint_trt(path, trt_version=args.trt_version)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.format_text())
+    return 0 if report.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "families": cmd_families}
+    handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "families": cmd_families,
+                "lint": cmd_lint}
     handler = handlers.get(argv[0]) if argv else None
     from runtimes.errors import BgeError
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bge_export import __version__
-from bge_export.build.targets import Target, get_target
+from bge_export.build.targets import Target, get_target, target_precision
 from bge_export.checkpoint import Checkpoint, load_tokenizer, resolve_checkpoint
 from bge_export.errors import OutputError, ParityError, UnsupportedTargetError
 from bge_export.families import recognise
@@ -100,14 +100,26 @@ class CompileResult:
     parity_text: str
 
 
-def prepare(model, target: str, **variant) -> tuple[Family, Target]:
+def prepare(model, target: str, build_options: dict | None = None, **variant) -> tuple[Family, Target]:
     """The family object (with its export-time variant: pooling, cutoff layers, export dtype, ...) and the target.
-    Options left at None take the family's defaults."""
+    Options left at None take the family's defaults. Decoder families build half-precision targets from a
+    half-precision export (their own implementation keeps norms, RoPE and softmax in fp32)."""
     ckpt = resolve_checkpoint(model)
     family_cls = recognise(ckpt)
-    target_obj = get_target(target, family_cls)
-    family = family_cls(ckpt, **{k: v for k, v in variant.items() if v is not None})
+    target_obj = get_target(target)
+    options = {k: v for k, v in variant.items() if v is not None}
+    family = family_cls(ckpt, **options)
+    get_target(target, family)
     dtype = family.variant.get("export_dtype", "fp32")
+    precision = target_precision(target_obj, family.half_dtype())
+    if "export_dtype" in family.variant and precision in ("fp16", "bf16") and dtype != precision:
+        if "export_dtype" in options:
+            raise UnsupportedTargetError(f"--target {target} runs this model in {precision}; drop --export-dtype "
+                                         f"{dtype} (the graph is exported in {precision} for it)")
+        family = family_cls(ckpt, **{**options, "export_dtype": precision})
+        dtype = precision
+    if build_options and not target_obj.requires:
+        raise UnsupportedTargetError(f"the --trt-* options apply to the TensorRT targets only, not to --target {target}")
     if dtype != "fp32" and target_obj.precision == "int8":
         raise UnsupportedTargetError(f"--target {target} quantizes an fp32 graph; drop --export-dtype {dtype} "
                                      "(or build --target onnx / ort-cpu in that dtype)")
@@ -115,21 +127,23 @@ def prepare(model, target: str, **variant) -> tuple[Family, Target]:
 
 
 def bundle_precision(family: Family, tgt: Target) -> str:
-    """The precision the parity tolerances apply to: the target's, or the export dtype for half-precision graphs."""
+    """The precision the parity tolerances apply to: the export dtype for half-precision graphs, else the target's."""
     dtype = family.variant.get("export_dtype", "fp32")
-    return dtype if dtype != "fp32" else tgt.precision
+    return dtype if dtype != "fp32" else target_precision(tgt, family.half_dtype())
 
 
 def compile_bundle(
     model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
     variant: dict | None = None,
     parity: bool = True, overwrite: bool = False, exported=None, log=print, quiet: bool = False,
-    gate_retrieval: bool = True,
+    gate_retrieval: bool = True, build_options: dict | None = None,
 ) -> CompileResult:
     """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets);
+    ``build_options`` go to the target's builder (TensorRT: profiles, timing cache, optimization level);
     ``gate_retrieval=False`` reports retrieval statistics without gating them (random-weight test checkpoints)."""
     prog = Progress(6 if parity else 5, write=log, quiet=quiet)
-    family, tgt = prepare(model, target, pooling=pooling, **(variant or {}))
+    build_options = {k: v for k, v in (build_options or {}).items() if v is not None}
+    family, tgt = prepare(model, target, build_options, pooling=pooling, **(variant or {}))
     precision = bundle_precision(family, tgt)
     ckpt = family.ckpt
     out = check_out_dir(Path(out) if out else default_out_dir(ckpt, target), overwrite)
@@ -139,19 +153,25 @@ def compile_bundle(
               f"variant {family.variant}")
     for dep in ("torch", "transformers", "onnx", "onnxscript"):
         require(dep)
+    if tgt.engine_kind == "tensorrt":  # before the export: TensorRT and a GPU, or say what works here instead
+        from bge_export.build.trt import check_can_build
+
+        check_can_build(tgt.name)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); pass an --out you can write to") from None
     try:
+        if exported is not None and exported.dtype != family.variant.get("export_dtype", "fp32"):
+            exported = None  # the target needs an export in another dtype
         if exported is None:
             prog.step("exporting to ONNX (dynamo, dynamic batch and sequence axes)")
             exported = _export(family, tmp / "_export", prog)
         else:
             prog.step(f"reusing the ONNX export {exported.path}")
         prog.step(f"building target {tgt.name}: {tgt.description}")
-        built = tgt.build_fn()(family, exported, tmp, prog.info)
+        built = tgt.build_fn()(family, exported, tmp, prog.info, **(build_options or {}))
         if (tmp / "_export").exists():
             shutil.rmtree(tmp / "_export")
         prog.step("writing the bundle (manifest, tokenizer, model)")
@@ -208,7 +228,7 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
         "variant": family.variant,
         "target": tgt.name,
         "precision": bundle_precision(family, tgt),
-        "engine": {"kind": tgt.engine_kind, "file": "model.onnx", "providers": list(tgt.providers)},
+        "engine": {"kind": tgt.engine_kind, "file": "model.onnx", "providers": list(tgt.providers), **built.engine},
         "source": {"checkpoint": str(family.ckpt.path), "name": family.ckpt.name,
                    "weights_sha256": family.ckpt.weights_sha256()},
         "model": info,
@@ -239,7 +259,7 @@ def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
     report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],
-                                gate_retrieval)
+                                gate_retrieval, device=parity.parity_device(manifest.engine)[1])
     manifest = manifest.with_updates(files=files, parity=report)
     manifest.write(tmp)
     return manifest, ok, text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_export.parity import cosine_rows, gate, quiet_stderr, rerank_pairs, spearman
+from bge_export.parity import cosine_rows, gate, load_for_parity, quiet_stderr, rel_spread_error, rerank_pairs, spearman
 
 QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
 ICL_EXAMPLES = [
@@ -27,8 +27,7 @@ def score_sample_values(model, sample: dict) -> dict:
     """Reranker scores (one row per cutoff layer) against the bundle's stored reference sample."""
     got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
     ref = np.asarray(sample["reference"], dtype=np.float64)
-    spread = max(float(ref.max() - ref.min()), 1e-12)
-    return {"max_abs_rel_spread": float(np.abs(got - ref).max() / spread), "spearman": spearman(ref.ravel(), got.ravel())}
+    return {"max_abs_rel_spread": rel_spread_error(ref, got), "spearman": spearman(ref.ravel(), got.ravel())}
 
 
 # --- rerankers ----------------------------------------------------------------------------------------------
@@ -54,10 +53,8 @@ def reference_pair_ids(family, reference, pairs, query_max_length: int, max_leng
 
 
 def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    import runtimes
-
     reference = family.reference()  # built with the bundle's cutoff layers and compression
-    model = runtimes.load(bundle_path, batch_size=16)
+    model = load_for_parity(bundle_path, batch_size=16)
     pairs, edge_pairs = rerank_pairs(texts)
     pairs = pairs[:160]
     everything = pairs + edge_pairs
@@ -106,10 +103,8 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
 # --- embedders ----------------------------------------------------------------------------------------------
 
 def embedder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    import runtimes
-
     reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
-    model = runtimes.load(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    model = load_for_parity(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
 
     from bge_export.parity import text_token_mismatches

@@ -30,6 +30,10 @@ class ExportCheckError(BgeExportError):
     exit_code = 1
 
 
+class BuildError(BgeExportError):
+    """An engine builder (TensorRT) refused the graph or the machine cannot build the target."""
+
+
 class ParityError(BgeExportError):
     """The engine does not match the FlagEmbedding reference within tolerance."""
 

@@ -50,6 +50,7 @@ def golden_checks(bundle) -> tuple[list, int]:
         raise BgeExportError(f"{bundle.path} has no {GOLDEN} (built with --no-parity) and the full reference is not "
                              "available; install bge-export[reference] and keep the source checkpoint")
     sample = json.loads(path.read_text(encoding="utf-8"))
-    model = runtimes.load(bundle.path, verify=False)  # open_bundle above already hashed every file
+    backend, _ = parity.parity_device(bundle.manifest.engine)  # open_bundle above already hashed every file
+    model = runtimes.load(bundle.path, verify=False, backend_options=backend)
     values = get_family(bundle.manifest.family).golden_values(model, sample)
     return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["reference"])

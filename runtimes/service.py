@@ -43,7 +43,10 @@ class BundleModel:
             truncation_side=tok.get("truncation_side", "right"),
         )
         backend_cls = get_backend_class(m.engine["kind"])
-        self.backend = backend_cls(bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], **(backend_options or {}))
+        padding = {"side": tok["padding_side"], "values": {"input_ids": tok["pad_token_id"]},
+                   "max_length": self.max_supported_length}
+        self.backend = backend_cls(bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], padding=padding,
+                                   **(backend_options or {}))
         self.input_names = [s["name"] for s in m.io["inputs"]]
 
     def __repr__(self) -> str:

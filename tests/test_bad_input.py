@@ -9,6 +9,7 @@ import pytest
 import runtimes
 from bge_export.cli import main
 from parity_tests import checkpoints as ck
+from runtimes._optional import available
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +90,24 @@ def test_unknown_target(capsys, tiny_ckpt, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_planned_target_says_why(capsys, tiny_ckpt):
-    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16"], "needs TensorRT")
+@pytest.mark.skipif(available("tensorrt"), reason="TensorRT is installed here")
+def test_trt_target_without_tensorrt_says_what_works(capsys, tiny_ckpt):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16"], "needs TensorRT", "bge-export[trt]",
+           "--target onnx-fp16")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-int8"], "--target onnx-int8")
+
+
+def test_fp16_target_refused_for_gemma(capsys, tmp_path):
+    from parity_tests.decoder_checkpoints import tiny_gemma_reranker
+
+    ckpt = tiny_gemma_reranker(tmp_path / "gemma")
+    _fails(capsys, ["--model", str(ckpt), "--target", "onnx-fp16"], "Gemma", "bf16")
+
+
+def test_trt_options_on_a_non_trt_target(capsys, tiny_ckpt):
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "ort-cpu", "--trt-max-batch", "8"], "TensorRT targets only")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16", "--trt-seq-buckets", "12,x"],
+           "--trt-seq-buckets", "positive integers")
 
 
 def test_unwritable_out_under_a_file(capsys, tiny_ckpt, tmp_path):

@@ -57,5 +57,7 @@ def test_families_command_lists_the_matrix(capsys):
 
     assert main(["families", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["families"][0]["family"] == "encoder" and d["families"][0]["targets"] == ["onnx", "ort-cpu", "ort-cpu-int8"]
-    assert "trt-fp16" in d["planned_targets"]
+    fams = {f["family"]: f for f in d["families"]}
+    assert fams["encoder"]["targets"][:3] == ["onnx", "ort-cpu", "ort-cpu-int8"]
+    assert "trt-int8" in fams["m3"]["targets"] and "trt-bf16" not in fams["encoder"]["targets"]
+    assert "trt-bf16" in fams["llm-embedder"]["targets"] and "TensorRT" in d["targets"]["trt-fp16"]

@@ -10,11 +10,12 @@ from bge_export.errors import UnsupportedTargetError
 @dataclass(frozen=True)
 class Target:
     name: str
-    precision: str  # the parity tolerance row: fp32 | fp16 | int8
+    precision: str  # fp32 | int8 | bf16 | half (fp16, or bf16 for the families whose half_dtype is bf16)
     engine_kind: str  # runtimes.backends kind
     providers: tuple[str, ...]
     description: str
     builder: str  # "module:function" taking (family, exported, out_dir, log) -> BuildResult
+    requires: tuple[str, ...] = ()  # modules the build needs beyond the export extra (checked before exporting)
 
     def build_fn(self) -> Callable:
         import importlib
@@ -33,6 +34,7 @@ def register_target(t: Target) -> Target:
     return t
 
 
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 register_target(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
                        "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx"))
 register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
@@ -41,25 +43,47 @@ register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider"
 register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
                        "dynamic int8 (per-channel weights, VNNI) on the fused graph for ONNX Runtime CPU",
                        "bge_export.build.ort:build_ort_cpu_int8"))
+register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
+                       "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
+                       "bge_export.build.ort:build_ort_cpu"))
+register_target(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
+                       "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
+                       "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half"))
+register_target(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
+                       "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
+                       "ONNX Runtime", "bge_export.build.gpu:build_onnx_half"))
+register_target(Target("onnx-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
+                       "the static symmetric QDQ int8 ONNX that trt-int8 compiles (attention projections in int8, "
+                       "the rest fp16; fp32 for decoders); runs on any ONNX Runtime", "bge_export.build.gpu:build_onnx_qdq"))
+for _name, _precision, _what, _fn in (("trt-fp16", "fp16", "the fp16 ONNX of onnx-fp16", "build_trt_half"),
+                                      ("trt-bf16", "bf16", "a bf16 export (decoder families)", "build_trt_half"),
+                                      ("trt-int8", "int8", "the QDQ ONNX of onnx-int8", "build_trt_int8")):
+    register_target(Target(_name, _precision, "tensorrt", (),
+                           f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
+                           f"bge_export.build.trt:{_fn}", requires=("tensorrt",)))
 
-# Targets planned in the design but not built by this version; asking for one gives the reason.
-PLANNED = {
-    "ort-cuda": "needs the GPU engine work (CUDA provider, IO binding); not available in this version",
-    "ort-cuda-fp16": "needs the GPU engine work (fp16 conversion, IO binding); not available in this version",
-    "trt-fp16": "needs TensorRT, which this version does not build yet",
-    "trt-int8": "needs TensorRT, which this version does not build yet",
-}
+CPU_TARGETS = ("onnx", "ort-cpu", "ort-cpu-int8")
+GPU_TARGETS = ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
 
 
 def get_target(name: str, family=None) -> Target:
     if name not in TARGETS:
-        why = f" ({PLANNED[name]})" if name in PLANNED else ""
         raise UnsupportedTargetError(
-            f"unknown target '{name}'{why}; available targets: {', '.join(TARGETS)}"
+            f"unknown target '{name}'; available targets: {', '.join(TARGETS)}"
         )
     t = TARGETS[name]
     if family is not None and name not in family.targets:
         raise UnsupportedTargetError(
             f"target {name} cannot serve the {family.name} family; it supports: {', '.join(family.targets)}"
         )
+    if family is not None and t.precision == "fp16" and family.half_dtype() == "bf16":
+        raise UnsupportedTargetError(
+            f"target {name} builds an fp16 graph, but this {family.name} checkpoint is Gemma-based: Gemma scales its "
+            f"embeddings by sqrt(hidden) and overflows fp16; use --target {name.replace('fp16', 'bf16')} "
+            "(or ort-cuda-fp16, which uses bf16 for it)")
     return t
+
+
+def target_precision(t: Target, half: str) -> str:
+    """The precision a target builds for a family whose half type is ``half``."""
+    return half if t.precision == "half" else t.precision

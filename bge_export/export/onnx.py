@@ -27,6 +27,7 @@ class ExportResult:
     seconds: float
     check: dict = field(default_factory=dict)
     external_data: bool = False
+    dtype: str = "fp32"  # the weight dtype of the export (decoders: fp16 / bf16 too)
 
 
 def example_feeds(family, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -128,7 +129,7 @@ def export_onnx(family, out_dir: Path, *, log=print) -> ExportResult:
         check = {"max_relative_error": None, "shapes": [], "tolerance": None,
                  "skipped": "bf16 graphs do not run on ONNX Runtime CPU; check them on a GPU target"}
         log(f"not checked against torch: {check['skipped']}")
-        return ExportResult(path=path, files=files, seconds=seconds, check=check, external_data=external)
+        return ExportResult(path=path, files=files, seconds=seconds, check=check, external_data=external, dtype=dtype)
     if getattr(family, "export_module_is_reference", False):
         reference = module  # our own implementation: the exported module is the computation to check against
     else:  # the unmodified HF computation (no CLS-only rewrite), so the check covers the rewrite too
@@ -138,4 +139,4 @@ def export_onnx(family, out_dir: Path, *, log=print) -> ExportResult:
                           tolerance=CHECK_TOLERANCE[dtype], what="the exported ONNX graph")
     log(f"checked ONNX against torch on batch x length {', '.join(check['shapes'])}: "
         f"max relative error {check['max_relative_error']:.2g}")
-    return ExportResult(path=path, files=files, seconds=seconds, check=check, external_data=external)
+    return ExportResult(path=path, files=files, seconds=seconds, check=check, external_data=external, dtype=dtype)

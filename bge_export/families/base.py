@@ -79,6 +79,10 @@ class Family:
         """Statistics of the runtime ``model`` against the bundle's stored reference sample."""
         raise NotImplementedError
 
+    def half_dtype(self) -> str:
+        """The 16-bit type of this family's GPU engines (the decoders override it: bf16 for Gemma)."""
+        return "fp16"
+
     def reference_options(self) -> dict:
         """The reference constructor's options that this family's variant fixes (pooling, cutoff layers, ...)."""
         return {}

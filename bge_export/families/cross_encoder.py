@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import UnsupportedFamilyError
+from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.families.encoder import EncoderFamily, check_backbone_checkpoint
 
@@ -20,7 +21,7 @@ class CrossEncoderFamily(Family):
     reference_api = "FlagReranker"
     description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
     checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
-    targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+    targets = CPU_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "score", "golden")
 
     @classmethod
@@ -69,10 +70,11 @@ class CrossEncoderFamily(Family):
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import spearman
-
-        got = model.compute_score([list(p) for p in sample["pairs"]])
         import numpy as np
 
+        from bge_export.parity import rel_spread_error, spearman
+
+        got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
         ref = np.asarray(sample["reference"], dtype=np.float64)
-        return {"max_abs": float(np.abs(np.asarray(got) - ref).max()), "spearman": spearman(ref, np.asarray(got))}
+        return {"max_abs": float(np.abs(got - ref).max()), "max_abs_rel_spread": rel_spread_error(ref, got),
+                "spearman": spearman(ref, got)}

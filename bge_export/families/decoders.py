@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
+from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
@@ -39,7 +40,7 @@ def parse_layers(value, what: str) -> list[int] | None:
 class DecoderFamily(Family, abstract=True):
     """What the decoder families share: config checks, model info, FLOPs, the export dtype variant."""
 
-    targets = ("onnx", "ort-cpu", "ort-cpu-int8")
+    targets = CPU_TARGETS + GPU_TARGETS + ("trt-bf16",)
     export_module_is_reference = True  # our own implementation: the export check reuses the exported module
     ort_fusions = "decoder"  # norms only; attention stays unfused (build/ort.py)
     model_types: tuple[str, ...] = ()
@@ -68,6 +69,10 @@ class DecoderFamily(Family, abstract=True):
         if unknown:
             raise UnsupportedFamilyError(f"the {self.name} family has no option(s) {sorted(unknown)}")
         return {"architecture": self.ckpt.config["model_type"], "export_dtype": dtype}
+
+    def half_dtype(self) -> str:
+        """bf16 for the Gemma-based models: Gemma scales embeddings by sqrt(hidden) and overflows fp16."""
+        return "bf16" if "gemma" in self.ckpt.config["model_type"] else "fp16"
 
     def attn_softcap(self) -> bool:
         """Whether the graph applies Gemma2's attention soft-cap: what the FlagEmbedding reference runs."""

@@ -12,6 +12,7 @@ from runtimes.errors import IncompatibleBundleError, InputError
 # engine kind (manifest "engine.kind") -> "module:Class", imported only when a bundle needs it
 _BACKENDS = {
     "onnxruntime": "runtimes.backends.ort:OrtBackend",
+    "tensorrt": "runtimes.backends.trt:TrtBackend",
 }
 
 
@@ -26,13 +27,19 @@ def get_backend_class(kind: str) -> type["Backend"]:
 
 
 class Backend(ABC):
-    """Runs one engine file. ``infer`` validates the feeds, then calls ``_infer_impl``."""
+    """Runs one engine file. ``infer`` validates the feeds, then calls ``_infer_impl``.
 
-    def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict]):
+    ``padding`` says how to pad feeds further when a backend runs fixed shape buckets: the tokenizer's side
+    and the pad value of each input (0 where not given)."""
+
+    def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
+                 padding: dict | None = None):
         self.engine_file = Path(engine_file)
         self.engine = engine
         self.input_specs = inputs
+        self.output_specs = outputs
         self.output_names = [o["name"] for o in outputs]
+        self.padding = padding or {"side": "right", "values": {}}
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self.input_specs:
@@ -42,3 +49,57 @@ class Backend(ABC):
 
     @abstractmethod
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    # --- shape buckets: padding feeds up and slicing outputs back --------------------------------------
+    def batch_and_length(self, feeds: dict[str, np.ndarray]) -> tuple[int, int]:
+        """(batch, sequence length) of a feed dict; length 0 when no input has a sequence axis."""
+        n, length = 0, 0
+        for spec in self.input_specs:
+            axes, value = spec["axes"], feeds[spec["name"]]
+            n = value.shape[0]
+            if "sequence" in axes:
+                length = value.shape[axes.index("sequence")]
+        return n, length
+
+    def pad_feeds(self, feeds: dict[str, np.ndarray], batch: int, length: int) -> dict[str, np.ndarray]:
+        """Pad to (batch, length): masked pad tokens on the tokenizer's side, copies of row 0 as extra rows."""
+        out = {}
+        for spec in self.input_specs:
+            name, axes = spec["name"], spec["axes"]
+            value = feeds[name]
+            if "sequence" in axes:
+                ax = axes.index("sequence")
+                extra = length - value.shape[ax]
+                if extra:
+                    widths = [(0, 0)] * value.ndim
+                    widths[ax] = (extra, 0) if self.padding["side"] == "left" else (0, extra)
+                    value = np.pad(value, widths, constant_values=self.padding["values"].get(name, 0))
+            if batch > value.shape[0]:
+                value = np.concatenate([value, np.repeat(value[:1], batch - value.shape[0], axis=0)])
+            out[name] = np.ascontiguousarray(value)
+        return out
+
+    def output_shape(self, index: int, batch: int, length: int) -> tuple[int, ...] | None:
+        """An output's shape at (batch, length), or None when an axis is only known to the graph."""
+        dims = []
+        for a in self.output_specs[index]["axes"]:
+            if a == "batch":
+                dims.append(batch)
+            elif a == "sequence":
+                dims.append(length)
+            elif isinstance(a, int):
+                dims.append(a)
+            else:
+                return None
+        return tuple(dims)
+
+    def unpad_output(self, name: str, value: np.ndarray, batch: int, length: int, padded_length: int) -> np.ndarray:
+        """Drop the extra rows, and the extra positions of sequence outputs; always a fresh array."""
+        spec = self.output_specs[self.output_names.index(name)]
+        value = value[:batch]
+        if "sequence" in spec["axes"] and padded_length != length:
+            ax = spec["axes"].index("sequence")
+            sl = [slice(None)] * value.ndim
+            sl[ax] = slice(padded_length - length, None) if self.padding["side"] == "left" else slice(0, length)
+            value = value[tuple(sl)]
+        return np.array(value, copy=True)

@@ -1,4 +1,12 @@
-"""ONNX Runtime backend (CPU now; CUDA providers when a bundle asks for them)."""
+"""ONNX Runtime backend: CPU, and CUDA with IO binding on device buffers, shape buckets and optional CUDA graphs.
+
+On CUDA (engines.md §6) every call pads its batch to a shape bucket (sequence length rounded up to a power of
+two, batch rounded up to a bucket), copies the feeds into device buffers allocated once per bucket, runs with
+IO binding into preallocated device outputs, and copies back only the outputs. Buffers at fixed addresses per
+bucket are what CUDA graphs need: with ``cuda_graph=True`` each bucket is captured once (``gpu_graph_id``) and
+replayed. Padding never changes results: extra tokens are masked (and sliced off sequence outputs), extra rows
+are copies of the first row and are dropped.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +14,11 @@ import numpy as np
 from runtimes._optional import require
 from runtimes.backends.base import Backend
 from runtimes.errors import IncompatibleBundleError, InputError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MIN_SEQUENCE_BUCKET = 16
 
 
 def session_options(ort, *, intra_op_num_threads: int = 0, allow_spinning: bool = True):
@@ -19,25 +32,119 @@ def session_options(ort, *, intra_op_num_threads: int = 0, allow_spinning: bool 
     return so
 
 
+def bucket(n: int, buckets) -> int:
+    """The smallest bucket >= n (n itself above the largest)."""
+    return next((b for b in buckets if b >= n), n)
+
+
+def sequence_bucket(length: int, limit: int | None) -> int:
+    """Powers of two from MIN_SEQUENCE_BUCKET, capped at the model's position limit."""
+    b = MIN_SEQUENCE_BUCKET
+    while b < length:
+        b *= 2
+    return max(length, min(b, limit)) if limit else b
+
+
 class OrtBackend(Backend):
-    def __init__(self, engine_file, engine, inputs, outputs, *, intra_op_num_threads: int = 0,
-                 allow_spinning: bool = True, **options):
+    """``providers`` overrides the bundle's (e.g. ``["CPUExecutionProvider"]`` to check a GPU bundle on CPU);
+    ``io_binding`` (default: on for CUDA) binds fixed per-bucket buffers; ``buckets`` (default: with IO binding)
+    pads to shape buckets; ``cuda_graph`` captures one CUDA graph per bucket (CUDA only, needs IO binding)."""
+
+    def __init__(self, engine_file, engine, inputs, outputs, *, padding: dict | None = None,
+                 intra_op_num_threads: int = 0, allow_spinning: bool = True, providers: list[str] | None = None,
+                 io_binding: bool | None = None, buckets: bool | None = None, cuda_graph: bool = False,
+                 device_id: int = 0, **options):
         if options:
-            raise InputError(f"unknown ONNX Runtime backend options {sorted(options)} "
-                             "(supported: intra_op_num_threads, allow_spinning)")
-        super().__init__(engine_file, engine, inputs, outputs)
-        ort = require("onnxruntime")
-        wanted = list(engine.get("providers", ["CPUExecutionProvider"]))
+            raise InputError(f"unknown ONNX Runtime backend options {sorted(options)} (supported: "
+                             "intra_op_num_threads, allow_spinning, providers, io_binding, buckets, cuda_graph, device_id)")
+        super().__init__(engine_file, engine, inputs, outputs, padding=padding)
+        ort = self.ort = require("onnxruntime")
+        wanted = list(providers or engine.get("providers", [CPU]))
+        if CUDA in wanted and hasattr(ort, "preload_dlls"):
+            try:  # the pip CUDA / cuDNN libraries (or a CUDA torch already imported), before the session
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - libraries on the system path work too; the session check below says
+                pass
         have = ort.get_available_providers()
         missing = [p for p in wanted if p not in have]
         if missing:
             raise IncompatibleBundleError(
                 f"this bundle needs ONNX Runtime providers {missing}, but this onnxruntime has {have}; "
-                "install bge-export[gpu] on a CUDA machine or rebuild the bundle with --target ort-cpu"
-            )
+                "install bge-export[gpu] on a CUDA machine, or rebuild the bundle with --target ort-cpu")
+        self.device = "cuda" if wanted[0] == CUDA else "cpu"
+        self.device_id = int(device_id)
+        self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
+        self.buckets = self.io_binding if buckets is None else bool(buckets)
+        self.cuda_graph = bool(cuda_graph)
+        if self.cuda_graph and not (self.device == "cuda" and self.io_binding and self.buckets):
+            raise InputError("cuda_graph=True needs a CUDA bundle with io_binding and buckets on")
         so = session_options(ort, intra_op_num_threads=intra_op_num_threads, allow_spinning=allow_spinning)
-        self.session = ort.InferenceSession(str(self.engine_file), so, providers=wanted)
+        provider_list = []
+        for p in wanted:
+            if p == CUDA:
+                opts = {"device_id": str(self.device_id), "arena_extend_strategy": "kSameAsRequested"}
+                if self.cuda_graph:
+                    opts["enable_cuda_graph"] = "1"
+                provider_list.append((p, opts))
+            else:
+                provider_list.append(p)
+        self.session = ort.InferenceSession(str(self.engine_file), so, providers=provider_list)
+        if self.session.get_providers()[0] != wanted[0]:  # ORT falls back to CPU silently when CUDA fails to load
+            raise IncompatibleBundleError(
+                f"ONNX Runtime could not start {wanted[0]} (running on {self.session.get_providers()}); check the "
+                "CUDA / cuDNN libraries (pip install 'onnxruntime-gpu[cuda,cudnn]') and that a GPU is visible")
+        self._bound: dict[tuple[int, int], tuple] = {}
+        self.runs = {"calls": 0, "buckets": 0}
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.output_names, feeds)
-        return dict(zip(self.output_names, values))
+        if not self.io_binding:
+            values = self.session.run(self.output_names, feeds)
+            return dict(zip(self.output_names, values))
+        self.runs["calls"] += 1
+        n, length = self.batch_and_length(feeds)
+        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.padding.get("max_length"))) if self.buckets \
+            else (n, length)
+        padded = self.pad_feeds(feeds, *shape) if shape != (n, length) else feeds
+        binding, inputs, outputs, run_options = self._binding(shape, padded)
+        for name, value in inputs.items():
+            value.update_inplace(np.ascontiguousarray(padded[name]))
+        self.session.run_with_iobinding(binding, run_options)
+        result = {}
+        for name, value in zip(self.output_names, binding.get_outputs() if outputs is None else outputs):
+            result[name] = self.unpad_output(name, value.numpy(), n, length, shape[1])
+        return result
+
+    def _binding(self, shape, feeds):
+        """The IO binding of one bucket: input and output buffers allocated once, at fixed addresses."""
+        key = shape if self.buckets else None
+        if key is not None and key in self._bound:
+            return self._bound[key]
+        ort = self.ort
+        binding = self.session.io_binding()
+        inputs = {}
+        for name, value in feeds.items():
+            inputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, self.device,
+                                                                     self.device_id)
+            binding.bind_ortvalue_input(name, inputs[name])
+        out_shapes = [self.output_shape(i, *shape) for i in range(len(self.output_names))]
+        if all(s is not None for s in out_shapes):
+            outputs = []
+            for spec, s in zip(self.output_specs, out_shapes):
+                outputs.append(ort.OrtValue.ortvalue_from_shape_and_type(s, np.dtype(spec["dtype"]), self.device,
+                                                                         self.device_id))
+                binding.bind_ortvalue_output(spec["name"], outputs[-1])
+        else:  # an output whose size only the graph knows: ORT allocates it on the device
+            if self.cuda_graph:
+                raise IncompatibleBundleError("cuda_graph=True needs outputs of known shapes; this bundle has "
+                                              f"{[s['axes'] for s in self.output_specs]}")
+            outputs = None
+            for name in self.output_names:
+                binding.bind_output(name, self.device, self.device_id)
+        run_options = ort.RunOptions()
+        if self.cuda_graph:
+            run_options.add_run_config_entry("gpu_graph_id", str(len(self._bound) + 1))
+        entry = (binding, inputs, outputs, run_options)
+        if key is not None:
+            self._bound[key] = entry
+            self.runs["buckets"] = len(self._bound)
+        return entry

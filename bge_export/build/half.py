@@ -1,0 +1,62 @@
+"""Half precision for the GPU targets: fp16 graphs with fp32 islands where fp16 overflows or loses accuracy.
+
+Encoder-type graphs (BERT / XLM-R exported from transformers) are converted after export with ONNX Runtime's
+float16 converter: every op runs in fp16 except LayerNormalization (plain and fused), RMSNorm, Softmax, and
+everything after the last normalization (pooling, the m3 sparse / colbert heads, the reranker classifier).
+Inputs and outputs keep their types (int64 ids in, fp32 out). engines.md §2.3 and §4.5.
+
+The decoder families are exported from our own implementation directly in fp16 or bf16 (bf16 for the Gemma
+families, whose embedding scaling overflows fp16: engines.md §1.4); that implementation already keeps norms,
+RoPE and softmax in fp32, so their half graphs need no conversion here.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from runtimes._optional import require
+
+# Ops whose math stays fp32. The fused ORT forms accumulate in fp32 inside their CUDA kernels too, but keeping
+# their inputs and outputs fp32 also keeps the residual stream fp32, which is what protects against overflow.
+NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+            "SkipSimplifiedLayerNormalization", "RMSNormalization", "EmbedLayerNormalization")
+FP32_OPS = NORM_OPS + ("Softmax",)
+
+
+def head_nodes(graph) -> list[str]:
+    """Names of the nodes after the last normalization: pooling, heads and score layers stay fp32."""
+    last = max((i for i, n in enumerate(graph.node) if n.op_type in NORM_OPS), default=None)
+    if last is None:
+        return []
+    return [n.name for n in graph.node[last + 1:] if n.name]
+
+
+def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
+    """Write an fp16 copy of ``src`` (fp32 ONNX) to ``dst`` with fp32 islands; returns what was kept fp32."""
+    onnx = require("onnx")
+    float16 = require("onnxruntime.transformers.float16")
+    model = onnx.load(str(src))
+    for n in model.graph.node:  # the converter blocks nodes by name: give nameless ones a name
+        if not n.name:
+            n.name = f"{n.op_type}_{id(n)}"
+    heads = head_nodes(model.graph)
+    model16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS),
+                                               node_block_list=heads, disable_shape_infer=external_data)
+    # the converter leaves some intermediate value_info entries at their old type; they are hints only, and
+    # stale ones make ONNX shape inference (and the TensorRT lint) fail: drop them
+    del model16.graph.value_info[:]
+    if external_data:
+        onnx.save_model(model16, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=dst.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model16, str(dst))
+    kept = Counter(n.op_type for n in model.graph.node if n.op_type in FP32_OPS)
+    return {"converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+            "fp32_ops": dict(kept), "fp32_head_nodes": len(heads),
+            "casts_added": sum(n.op_type == "Cast" for n in model16.graph.node)
+            - sum(n.op_type == "Cast" for n in model.graph.node)}
+
+
+def half_dtype(family) -> str:
+    """The half type a family's GPU engines use: bf16 for the Gemma-based decoders, fp16 otherwise."""
+    return getattr(family, "half_dtype", lambda: "fp16")()

@@ -1,0 +1,160 @@
+"""TensorRT targets: a strongly typed engine built from the typed ONNX of onnx-fp16 / onnx-int8 (engines.md §4).
+
+TensorRT 11 is strongly typed only (no FP16 / INT8 builder flags, no calibrators), and 10.12+ deprecates the
+weak-typing path, so there is one build path for 10.12+ and 11.x: the precision lives in the ONNX (fp16 or bf16
+weights with fp32 norm / softmax islands; explicit symmetric Q/DQ for int8) and the network is created
+strongly typed. Shape profiles come from sequence buckets up to the model's max length; a timing cache is
+reused across builds. Everything TensorRT-free (profile planning, the typed ONNX, its parity in ONNX Runtime,
+the lint) runs anywhere; the engine build itself needs TensorRT and an NVIDIA GPU.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from bge_export.build.ort import BuildResult
+from bge_export.errors import BuildError, MissingDependencyError, UnsupportedTargetError
+from runtimes._optional import require
+
+PLAN = "model.plan"
+DEFAULT_MAX_BATCH = 64
+DEFAULT_SEQUENCE_BUCKETS = (128, 512)  # plus the model's max length
+TOKENS_PER_PROFILE = DEFAULT_MAX_BATCH * 512  # long buckets get smaller max batches (activation memory)
+
+
+def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise UnsupportedTargetError(f"{what} must be positive integers separated by commas (e.g. 128,512), "
+                                     f"got {text!r}")
+    return values
+
+
+def plan_profiles(inputs: list[dict], max_length: int, *, max_batch: int = DEFAULT_MAX_BATCH,
+                  sequence_buckets: tuple[int, ...] | None = None, opt_batch: int | None = None) -> list[dict]:
+    """One optimization profile per sequence bucket: lengths (previous bucket, bucket], batch 1..max, the
+    optimum at the bucket's length. Buckets longer than 512 get a max batch that keeps batch x length at
+    TOKENS_PER_PROFILE, so a bge-m3 8192 profile does not reserve 64 x 8192 activations."""
+    if max_batch < 1:
+        raise UnsupportedTargetError(f"--trt-max-batch must be >= 1, got {max_batch}")
+    edges = sorted({b for b in (sequence_buckets or DEFAULT_SEQUENCE_BUCKETS) if b < max_length} | {max_length})
+    if sequence_buckets and any(b > max_length for b in sequence_buckets):
+        raise UnsupportedTargetError(f"--trt-seq-buckets {','.join(map(str, sequence_buckets))}: the model takes at "
+                                     f"most {max_length} tokens; use buckets up to {max_length}")
+    profiles, low = [], 1
+    for edge in edges:
+        batch = max(1, min(max_batch, TOKENS_PER_PROFILE // edge)) if edge > 512 else max_batch
+        opt = max(1, min(batch, opt_batch or batch))
+        shapes = {}
+        for spec in inputs:
+            def dims(b, s):
+                return [b if a == "batch" else s for a in spec["axes"]]
+            shapes[spec["name"]] = {"min": dims(1, low), "opt": dims(opt, edge), "max": dims(batch, edge)}
+        profiles.append({"sequence": [low, edge], "max_batch": batch, "shapes": shapes})
+        low = edge + 1
+    return profiles
+
+
+def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bge-export"
+    return root / f"tensorrt-{trt_version}-sm{compute_capability.replace('.', '')}.timing-cache"
+
+
+def check_can_build(target: str) -> None:
+    """TensorRT and a visible GPU, or an error that names the TensorRT-free target building the same ONNX."""
+    from runtimes._optional import available
+
+    onnx_target = "onnx-int8" if target.endswith("int8") else "onnx-fp16"
+    if not available("tensorrt"):
+        raise MissingDependencyError(
+            f"--target {target} needs TensorRT, which is not installed; on an NVIDIA GPU machine install it with "
+            f"pip install 'bge-export[trt]'. Without TensorRT, --target {onnx_target} builds and parity-checks the "
+            "ONNX graph that this target compiles")
+    gpu_identity()
+
+
+def gpu_identity() -> dict:
+    """The GPU the engine is built for (TensorRT plans are tied to its compute capability)."""
+    torch = require("torch")
+    if not torch.cuda.is_available():
+        raise BuildError("TensorRT targets need an NVIDIA GPU, and none is visible here (torch.cuda.is_available() "
+                         "is False); build on the GPU machine that will serve the bundle, or use --target onnx-fp16 "
+                         "/ onnx-int8 here and build the engine there")
+    major, minor = torch.cuda.get_device_capability()
+    return {"compute_capability": f"{major}.{minor}", "gpu": torch.cuda.get_device_name()}
+
+
+def build_engine(onnx_path: Path, plan_path: Path, profiles: list[dict], *, timing_cache: Path | None = None,
+                 optimization_level: int = 3, workspace_gb: float | None = None, log=print) -> dict:
+    """Parse ``onnx_path`` into a strongly typed network and write the serialized engine to ``plan_path``."""
+    trt = require("tensorrt")
+    ident = gpu_identity()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # 10.x: opt in; 11.x: always, flag ignored
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # by path: external weights are found next to the model
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}; run `bge-export lint "
+                         f"{onnx_path.parent} --target trt` for the operators and shapes TensorRT does not support")
+    config = builder.create_builder_config()
+    config.builder_optimization_level = int(optimization_level)
+    if workspace_gb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for p in profiles:
+        prof = builder.create_optimization_profile()
+        for name, s in p["shapes"].items():
+            prof.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
+        config.add_optimization_profile(prof)
+    cache_path = timing_cache or default_timing_cache(trt.__version__, ident["compute_capability"])
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    start = time.perf_counter()
+    log(f"building the TensorRT {trt.__version__} engine for {ident['gpu']} (sm {ident['compute_capability']}), "
+        f"{len(profiles)} profile(s), optimization level {optimization_level}; this takes minutes")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError("TensorRT could not build the engine (see its messages above); try fewer or smaller "
+                         "profiles (--trt-max-batch, --trt-seq-buckets) or a larger --trt-workspace-gb")
+    plan_path.write_bytes(memoryview(plan))
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    seconds = time.perf_counter() - start
+    log(f"engine built in {seconds:.0f}s ({plan_path.stat().st_size / 1e6:.1f} MB); timing cache {cache_path}")
+    return {"tensorrt_version": trt.__version__, **ident, "strongly_typed": True,
+            "optimization_level": int(optimization_level), "timing_cache": str(cache_path),
+            "build_seconds": round(seconds, 1)}
+
+
+def _build(stage, family, exported, out_dir: Path, log, *, max_batch=None, sequence_buckets=None, opt_batch=None,
+           timing_cache=None, optimization_level=3, workspace_gb=None) -> BuildResult:
+    typed = stage(family, exported, out_dir, log)
+    inputs = [{"name": s.name, "axes": list(s.axes)} for s in family.inputs()]
+    profiles = plan_profiles(inputs, family.max_sequence_length(), max_batch=max_batch or DEFAULT_MAX_BATCH,
+                             sequence_buckets=sequence_buckets, opt_batch=opt_batch)
+    record = build_engine(out_dir / "model.onnx", out_dir / PLAN, profiles,
+                          timing_cache=Path(timing_cache) if timing_cache else None,
+                          optimization_level=optimization_level, workspace_gb=workspace_gb, log=log)
+    engine = {"file": PLAN, "onnx": "model.onnx", "providers": [], "profiles": profiles, **record}
+    return BuildResult(files=typed.files + [PLAN], info={**typed.info, "tensorrt": record}, engine=engine)
+
+
+def build_trt_half(family, exported, out_dir: Path, log=print, **options) -> BuildResult:
+    from bge_export.build.gpu import build_onnx_half
+
+    return _build(build_onnx_half, family, exported, out_dir, log, **options)
+
+
+def build_trt_int8(family, exported, out_dir: Path, log=print, **options) -> BuildResult:
+    from bge_export.build.gpu import build_onnx_qdq
+
+    return _build(build_onnx_qdq, family, exported, out_dir, log, **options)
