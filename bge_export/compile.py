@@ -181,7 +181,7 @@ def compile_bundle(
         manifest = Manifest.build(fields)
         manifest.write(tmp)
         parity_ok, parity_text = None, "parity skipped (--no-parity)"
-        if parity and precision == "bf16":
+        if parity and precision == "bf16" and _parity_on_cpu(manifest):
             parity, parity_text = False, ("parity skipped: bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); "
                                           "check them on a GPU target")
         if parity:
@@ -245,6 +245,12 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
         "files": {},
         "parity": None,
     }
+
+
+def _parity_on_cpu(manifest: Manifest) -> bool:
+    from bge_export.parity import parity_device
+
+    return parity_device(manifest.engine)[1].startswith("CPUExecutionProvider")
 
 
 def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,

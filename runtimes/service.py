@@ -43,9 +43,8 @@ class BundleModel:
             truncation_side=tok.get("truncation_side", "right"),
         )
         backend_cls = get_backend_class(m.engine["kind"])
-        padding = {"side": tok["padding_side"], "values": {"input_ids": tok["pad_token_id"]},
-                   "max_length": self.max_supported_length}
-        self.backend = backend_cls(bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"], padding=padding,
+        self.backend = backend_cls(bundle.engine_file, m.engine, m.io["inputs"], m.io["outputs"],
+                                   padding=self.tokenizer, max_length=self.max_supported_length,
                                    **(backend_options or {}))
         self.input_names = [s["name"] for s in m.io["inputs"]]
 

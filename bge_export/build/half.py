@@ -45,6 +45,7 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
     # the converter leaves some intermediate value_info entries at their old type; they are hints only, and
     # stale ones make ONNX shape inference (and the TensorRT lint) fail: drop them
     del model16.graph.value_info[:]
+    _drop_repeated_casts(model16.graph)
     if external_data:
         onnx.save_model(model16, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=dst.name + ".data", size_threshold=1024)
@@ -55,6 +56,21 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
             "fp32_ops": dict(kept), "fp32_head_nodes": len(heads),
             "casts_added": sum(n.op_type == "Cast" for n in model16.graph.node)
             - sum(n.op_type == "Cast" for n in model.graph.node)}
+
+
+def _drop_repeated_casts(graph) -> None:
+    """The converter inserts one Cast per (initializer, blocked consumer), all with the same name and output when
+    an fp16 initializer feeds several fp32 nodes: an invalid graph (two nodes write one tensor). Keep the first
+    of each identical node; it precedes every consumer, because the converter places each copy before its own."""
+    seen, keep = set(), []
+    for n in graph.node:
+        key = (n.op_type, n.domain, tuple(n.input), tuple(n.output), n.SerializeToString())
+        if key not in seen:
+            seen.add(key)
+            keep.append(n)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 def half_dtype(family) -> str:

@@ -16,10 +16,10 @@ REPORTED_FUSIONS = ("attention", "skip_layer_normalization", "bias_gelu", "erf_g
                     "skip_rms_normalization")
 
 
-def decoder_fusions(model):
+def decoder_fusions(model, half: bool = False):
     """Norm and activation fusions only, for the decoder graphs: onnxscript's attention fusions turn decoder
     attention into GroupQueryAttention, which ignores padding masks, sliding windows and soft-caps (engines.md
-    §2.2), so attention stays MatMul + Softmax."""
+    §2.2), so attention stays MatMul + Softmax. ``half``: the graph's weights are fp16 / bf16."""
     ir = require("onnx_ir")
     core = require("onnxscript.rewriter.ort_fusions._core")
     from onnxscript.optimizer import optimize
@@ -29,8 +29,9 @@ def decoder_fusions(model):
     from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
 
     model = core._pre_optimize(model)
-    counts = {"rms_normalization": fuse_rms_normalization(model),
-              "skip_rms_normalization": fuse_skip_rms_normalization(model), "gelu": fuse_gelu(model)}
+    counts = {"rms_normalization": fuse_rms_normalization(model), "gelu": fuse_gelu(model)}
+    if not half:  # in fp16 / bf16 graphs the residual is half and the norm input fp32: the fused op needs one type
+        counts["skip_rms_normalization"] = fuse_skip_rms_normalization(model)
     optimize(model)
     rewrite(model, core.ORT_PATTERN_REWRITE_RULES)
     ir.passes.Sequential(ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
@@ -69,7 +70,7 @@ def fuse(exported, out_dir: Path, family, log=print) -> BuildResult:
     start = time.perf_counter()
     model = ir.load(str(exported.path))
     if getattr(family, "ort_fusions", "transformer") == "decoder":
-        model, counts = decoder_fusions(model)
+        model, counts = decoder_fusions(model, half=exported.dtype != "fp32")
     else:
         model, counts = fusions.optimize_for_ort(model)
     files = _save(model, out_dir, exported.external_data)

@@ -29,17 +29,26 @@ def get_backend_class(kind: str) -> type["Backend"]:
 class Backend(ABC):
     """Runs one engine file. ``infer`` validates the feeds, then calls ``_infer_impl``.
 
-    ``padding`` says how to pad feeds further when a backend runs fixed shape buckets: the tokenizer's side
-    and the pad value of each input (0 where not given)."""
+    ``padding`` says how to pad feeds further when a backend runs fixed shape buckets: the runtime's tokenizer
+    (its current ``padding_side`` and ``pad_token_id``, read at each call, so a side changed by the user or a
+    family applies), or None for right padding with zeros. ``max_length``: the model's position limit."""
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
-                 padding: dict | None = None):
+                 padding=None, max_length: int | None = None):
         self.engine_file = Path(engine_file)
         self.engine = engine
         self.input_specs = inputs
         self.output_specs = outputs
         self.output_names = [o["name"] for o in outputs]
-        self.padding = padding or {"side": "right", "values": {}}
+        self.padding = padding
+        self.max_length = max_length
+
+    @property
+    def padding_side(self) -> str:
+        return getattr(self.padding, "padding_side", "right")
+
+    def pad_value(self, name: str) -> int:
+        return int(getattr(self.padding, "pad_token_id", 0)) if name == "input_ids" else 0
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for spec in self.input_specs:
@@ -72,8 +81,8 @@ class Backend(ABC):
                 extra = length - value.shape[ax]
                 if extra:
                     widths = [(0, 0)] * value.ndim
-                    widths[ax] = (extra, 0) if self.padding["side"] == "left" else (0, extra)
-                    value = np.pad(value, widths, constant_values=self.padding["values"].get(name, 0))
+                    widths[ax] = (extra, 0) if self.padding_side == "left" else (0, extra)
+                    value = np.pad(value, widths, constant_values=self.pad_value(name))
             if batch > value.shape[0]:
                 value = np.concatenate([value, np.repeat(value[:1], batch - value.shape[0], axis=0)])
             out[name] = np.ascontiguousarray(value)
@@ -100,6 +109,6 @@ class Backend(ABC):
         if "sequence" in spec["axes"] and padded_length != length:
             ax = spec["axes"].index("sequence")
             sl = [slice(None)] * value.ndim
-            sl[ax] = slice(padded_length - length, None) if self.padding["side"] == "left" else slice(0, length)
+            sl[ax] = slice(padded_length - length, None) if self.padding_side == "left" else slice(0, length)
             value = value[tuple(sl)]
         return np.array(value, copy=True)

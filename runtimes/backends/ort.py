@@ -50,14 +50,14 @@ class OrtBackend(Backend):
     ``io_binding`` (default: on for CUDA) binds fixed per-bucket buffers; ``buckets`` (default: with IO binding)
     pads to shape buckets; ``cuda_graph`` captures one CUDA graph per bucket (CUDA only, needs IO binding)."""
 
-    def __init__(self, engine_file, engine, inputs, outputs, *, padding: dict | None = None,
+    def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  intra_op_num_threads: int = 0, allow_spinning: bool = True, providers: list[str] | None = None,
                  io_binding: bool | None = None, buckets: bool | None = None, cuda_graph: bool = False,
                  device_id: int = 0, **options):
         if options:
             raise InputError(f"unknown ONNX Runtime backend options {sorted(options)} (supported: "
                              "intra_op_num_threads, allow_spinning, providers, io_binding, buckets, cuda_graph, device_id)")
-        super().__init__(engine_file, engine, inputs, outputs, padding=padding)
+        super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
         ort = self.ort = require("onnxruntime")
         wanted = list(providers or engine.get("providers", [CPU]))
         if CUDA in wanted and hasattr(ort, "preload_dlls"):
@@ -102,7 +102,7 @@ class OrtBackend(Backend):
             return dict(zip(self.output_names, values))
         self.runs["calls"] += 1
         n, length = self.batch_and_length(feeds)
-        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.padding.get("max_length"))) if self.buckets \
+        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets \
             else (n, length)
         padded = self.pad_feeds(feeds, *shape) if shape != (n, length) else feeds
         binding, inputs, outputs, run_options = self._binding(shape, padded)

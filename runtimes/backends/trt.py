@@ -39,11 +39,11 @@ def pick_profile(profiles: list[dict], length: int) -> int:
 
 
 class TrtBackend(Backend):
-    def __init__(self, engine_file, engine, inputs, outputs, *, padding: dict | None = None, device_id: int = 0,
-                 **options):
+    def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
+                 device_id: int = 0, **options):
         if options:
             raise InputError(f"unknown TensorRT backend options {sorted(options)} (supported: device_id)")
-        super().__init__(engine_file, engine, inputs, outputs, padding=padding)
+        super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
         trt = self.trt = require("tensorrt")
         torch = self.torch = require("torch")
         if not torch.cuda.is_available():
