@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seq-lens", default=",".join(map(str, DEFAULT_SEQS)), help="tokens per text, default: 16,128,512")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per contender and cell (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="extra untimed runs per contender and cell (default 1)")
+    p.add_argument("--reference-device", choices=("cpu", "cuda"), default="cpu",
+                   help="FlagEmbedding in fp32 on CPU (default), or in fp16 (use_fp16=True) on the first CUDA GPU: "
+                        "the PyTorch baseline of GPU bundles")
     p.add_argument("--no-flagmodel", action="store_true", help="leave out FlagEmbedding")
     p.add_argument("--no-optimum", action="store_true", help="leave out optimum's ONNX export")
     p.add_argument("--out", default="bench-results", help="folder for bench.jsonl, bench.md, bench.png")
@@ -300,7 +303,9 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
 
     m = runtimes.open_bundle(path, verify=False).manifest
     api = API_CALLS.get(m.runtime["api"], {})
-    model = runtimes.load(path, backend_options={"allow_spinning": False}, **api.get("options", {}))
+    cpu = m.engine["kind"] == "onnxruntime" and m.engine["providers"][:1] == ["CPUExecutionProvider"]
+    backend = {"allow_spinning": False} if cpu else {}
+    model = runtimes.load(path, backend_options=backend, **api.get("options", {}))
 
     def engine(x, b, s, w):
         feeds = model.feeds_for(api["runtime_encode"](model, x, s))
@@ -312,28 +317,36 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
     return Contender(f"bge-export {m.target}", e2e, engine), m.data, model
 
 
-def _reference_contender(family) -> Contender:
+def _reference_contender(family, device: str = "cpu") -> Contender:
     torch = require("torch")
     from bge_export.parity import quiet_stderr
 
     api = API_CALLS[family.reference_api]
-    # the parity reference: fp32 on CPU, with the bundle's variant (cutoff layers, compression) and the options
-    ref = family.reference(**api.get("options", {}))
+    # the parity reference (fp32 on CPU), or PyTorch fp16 eager on the GPU, with the bundle's variant (cutoff
+    # layers, compression) and the options
+    cuda = device == "cuda"
+    ref = family.reference(**api.get("options", {}), **({"use_fp16": True, "devices": "cuda:0"} if cuda else {}))
 
     def engine(x, b, s, w):
         enc = api["ref_tensors"](ref, x, s, w)
         ref.model.eval()
+        if cuda:  # FlagEmbedding moves and halves its model on the first call (the warm-up runs that first)
+            ref.model.half().to("cuda:0")
+            enc = enc.to("cuda:0")
 
         def call():
             with torch.no_grad():
-                return api["ref_forward"](ref, enc)
+                out = api["ref_forward"](ref, enc)
+            if cuda:
+                torch.cuda.synchronize()
+            return out
         return call
 
     def e2e(mode, x, b, s):
         with quiet_stderr():  # FlagEmbedding's tqdm bars
             return api["modes"][mode](ref, x, b, s)
 
-    return Contender(f"FlagEmbedding {family.reference_api} (torch fp32)", e2e, engine)
+    return Contender(f"FlagEmbedding {family.reference_api} (torch {'fp16 CUDA' if cuda else 'fp32'})", e2e, engine)
 
 
 def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
@@ -371,8 +384,22 @@ def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
+def gpu_peak_gflops(seconds: float = 1.0) -> float:
+    """The GPU's practical fp16 peak: torch 8192^3 fp16 matmuls."""
+    torch = require("torch")
+    a = torch.randn(8192, 8192, dtype=torch.float16, device="cuda:0")
+    a @ a
+    torch.cuda.synchronize()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        n += 1
+    torch.cuda.synchronize()
+    return n * 2 * 8192**3 / (time.perf_counter() - start) / 1e9
+
+
 def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS, repeats=5, warmup=1,
-              flagmodel=True, optimum=True, log=print) -> tuple[list[dict], dict]:
+              flagmodel=True, optimum=True, reference_device="cpu", log=print) -> tuple[list[dict], dict]:
     contenders, metas, models = [], [], []
     for b in bundles:
         c, meta, model = _bundle_contender(Path(b), log)
@@ -399,18 +426,20 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
                                  "--no-optimum to time the bundles alone") from None
     with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
         return _run(contenders, meta, family, Path(workdir), bundles, models[0], batches, seqs, repeats, warmup,
-                    flagmodel, optimum, log)
+                    flagmodel, optimum, reference_device, log)
 
 
-def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, flagmodel, optimum, log):
+def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, flagmodel, optimum,
+         reference_device, log):
     ckpt = meta["source"]["checkpoint"]
     api_name = meta["runtime"]["api"]
     api = API_CALLS[api_name]
     modes = list(api["modes"]) + ["engine"]
     flops_of = get_family(meta["family"]).flops
     if flagmodel:
-        log(f"loading FlagEmbedding {family.reference_api} (fp32, CPU)")
-        contenders.append(_reference_contender(family))
+        log(f"loading FlagEmbedding {family.reference_api} "
+            + ("(fp16, CUDA)" if reference_device == "cuda" else "(fp32, CPU)"))
+        contenders.append(_reference_contender(family, reference_device))
     if optimum and api_name != "FlagModel":
         log("optimum: compared with encoder bundles only in this version; skipped")
     elif optimum:
@@ -426,12 +455,16 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
     n_tok = lambda text: len(tok.encode([text], 100_000)[0].ids)  # noqa: E731
     work = Workload(lambda n, length, offset=0: exact_length_texts(n_tok, words[offset * 101:] + words, n, length),
                     n_tok, model)
-    peak = gemm_peak_gflops()
+    gpu = reference_device == "cuda"
+    peak = gpu_peak_gflops() if gpu else gemm_peak_gflops()
     env = {"machine": platform.machine(), "processor": platform.processor() or _cpu_name(), "cpus": os.cpu_count(),
-           "fp32_gemm_peak_gflops": round(peak, 1), "source": ckpt, "model": meta["model"],
+           "gpu": require("torch").cuda.get_device_name() if gpu else None,
+           "peak_kind": "fp16 GEMM on the GPU (torch)" if gpu else "fp32 GEMM on the CPU (numpy)",
+           "fp32_gemm_peak_gflops": None if gpu else round(peak, 1), "gpu_fp16_peak_gflops": round(peak, 1) if gpu else None,
+           "source": ckpt, "model": meta["model"],
            "family": meta["family"], "api": api_name, "variant": meta["variant"],
            "threads": "ONNX Runtime and torch defaults (all cores); ORT thread spinning off for every ORT contender"}
-    log(f"measured fp32 GEMM peak of this machine: {peak:.0f} GFLOP/s")
+    log(f"measured peak ({env['peak_kind']}): {peak:.0f} GFLOP/s")
     rows = []
     for s in seqs:
         if s > meta["profiles"]["sequence"]["max"]:
@@ -540,9 +573,15 @@ def markdown(rows: list[dict], env: dict) -> str:
                 f"{m['intermediate_size']}, {m['layers_in_graph']} layers in the graph"
                 if "layers_in_graph" in m else "")
              + ".")
-    lines = [f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
-             f"{env['fp32_gemm_peak_gflops']} GFLOP/s. {shape}", "",
-             "| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | % of fp32 GEMM peak | x FlagEmbedding | x optimum | max abs diff vs FlagEmbedding |",
+    if env.get("gpu"):
+        machine = f"GPU: {env['gpu']}, measured fp16 GEMM peak {env['gpu_fp16_peak_gflops'] / 1000:.0f} TFLOP/s."
+        peak = "% of fp16 GEMM peak"
+    else:
+        machine = (f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
+                   f"{env['fp32_gemm_peak_gflops']} GFLOP/s.")
+        peak = "% of fp32 GEMM peak"
+    lines = [f"{machine} {shape}", "",
+             f"| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | {peak} | x FlagEmbedding | x optimum | max abs diff vs FlagEmbedding |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     order = {mode: i for i, mode in enumerate(_modes(rows))}
@@ -623,7 +662,8 @@ def run_from_args(args, log=print) -> int:
     for b in args.bundles:
         open_bundle(b, verify=False)  # clear errors before any heavy work
     rows, env = run_bench([Path(b) for b in args.bundles], batches=batches, seqs=seqs, repeats=args.repeats,
-                          warmup=args.warmup, flagmodel=not args.no_flagmodel, optimum=not args.no_optimum, log=log)
+                          warmup=args.warmup, flagmodel=not args.no_flagmodel, optimum=not args.no_optimum,
+                          reference_device=args.reference_device, log=log)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise BgeExportError(f"--out {out} is a file; pass a folder for bench.jsonl, bench.md and bench.png")

@@ -182,6 +182,18 @@ def cmd_inspect(argv: list[str]) -> int:
     if d["build"].get("quantization"):
         q = d["build"]["quantization"]
         lines.append(f"int8       per_channel={q['per_channel']} reduce_range={q['reduce_range']} ops={q['op_types_to_quantize']}")
+    b = d["build"]
+    if b.get("fp16"):
+        lines.append(f"fp16       fp32 islands {b['fp16']['fp32_ops']}, {b['fp16']['fp32_head_nodes']} head node(s) "
+                     f"fp32, {b['fp16']['casts_added']} casts")
+    if b.get("qdq"):
+        lines.append(f"qdq int8   {b['qdq']['quantized_matmuls']} MatMuls int8, kept float {b['qdq']['kept_float']}, "
+                     f"float regions {b.get('float_regions')}")
+    if d["engine"].get("tensorrt_version"):
+        e = d["engine"]
+        lines.append(f"tensorrt   {e['tensorrt_version']} for {e['gpu']} (sm {e['compute_capability']}); profiles "
+                     + ", ".join(f"{p['sequence'][0]}-{p['sequence'][1]} tokens x <= {p['max_batch']}"
+                                 for p in e["profiles"]))
     lines.append("files      " + ", ".join(f"{k} ({v['size'] / 1e6:.1f} MB)" for k, v in d["files"].items()
                                           if v["size"] > 1e5))
     lines.append("tools      " + ", ".join(f"{k} {v}" for k, v in d["tools"].items()))
@@ -189,7 +201,8 @@ def cmd_inspect(argv: list[str]) -> int:
     if par is None:
         lines.append("parity     not run (built with --no-parity)")
     else:
-        lines.append(f"parity     {'PASSED' if par['passed'] else 'FAILED'} vs {par['reference']} on {par['texts']} texts")
+        lines.append(f"parity     {'PASSED' if par['passed'] else 'FAILED'} vs {par['reference']} on {par['texts']} texts"
+                     + (f", run on {par['device']}" if par.get("device") else ""))
         for c in par["checks"]:
             bound = "" if c["bound"] is None else f" (bound {c['bound']:g})"
             lines.append(f"             {c['output']:<7} {c['metric']:<17} {c['value']:.6g}{bound}"

@@ -20,14 +20,15 @@ def real_minilm() -> Path:
     return embedded_default_path()
 
 
-def tiny_bert(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, max_positions=512, seed=0) -> Path:
+def tiny_bert(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, max_positions=512, seed=0,
+              initializer_range=0.5) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=intermediate, type_vocab_size=2, max_position_embeddings=max_positions,
-                     initializer_range=0.5)
+                     initializer_range=initializer_range)
     BertModel(cfg).eval().save_pretrained(str(folder))
     src = real_minilm()
     for name in BERT_TOKENIZER_FILES:  # the real uncased WordPiece tokenizer

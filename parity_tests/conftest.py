@@ -93,7 +93,7 @@ def bundle(checkpoint_dir, exported, tmp_path_factory):
 SUMMARY_COLUMNS = {  # family -> (output, metric) columns of its summary table
     "encoder": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"), ("dense", "top10_overlap"),
                 ("dense", "reference_self_max_abs")],
-    "cross-encoder": [("score", "max_abs"), ("score", "score_spread"), ("score", "spearman"),
+    "cross-encoder": [("score", "max_abs"), ("score", "max_abs_rel_spread"), ("score", "score_spread"), ("score", "spearman"),
                       ("score", "reference_self_max_abs")],
     "m3": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"), ("sparse", "max_abs"),
            ("sparse", "top10_key_overlap"), ("colbert", "max_abs"), ("colbert", "cosine_mean"), ("scores", "max_abs"),

@@ -117,7 +117,9 @@ def build_engine(onnx_path: Path, plan_path: Path, profiles: list[dict], *, timi
         config.add_optimization_profile(prof)
     cache_path = timing_cache or default_timing_cache(trt.__version__, ident["compute_capability"])
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), False):  # e.g. from another GPU
+        log(f"the timing cache {cache_path} does not match this GPU; starting a fresh one")
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     start = time.perf_counter()
     log(f"building the TensorRT {trt.__version__} engine for {ident['gpu']} (sm {ident['compute_capability']}), "
         f"{len(profiles)} profile(s), optimization level {optimization_level}; this takes minutes")
@@ -126,8 +128,10 @@ def build_engine(onnx_path: Path, plan_path: Path, profiles: list[dict], *, timi
         raise BuildError("TensorRT could not build the engine (see its messages above); try fewer or smaller "
                          "profiles (--trt-max-batch, --trt-seq-buckets) or a larger --trt-workspace-gb")
     plan_path.write_bytes(memoryview(plan))
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    cache = config.get_timing_cache()
+    if cache is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(memoryview(cache.serialize()))
     seconds = time.perf_counter() - start
     log(f"engine built in {seconds:.0f}s ({plan_path.stat().st_size / 1e6:.1f} MB); timing cache {cache_path}")
     return {"tensorrt_version": trt.__version__, **ident, "strongly_typed": True,

@@ -93,6 +93,7 @@ class OrtBackend(Backend):
             raise IncompatibleBundleError(
                 f"ONNX Runtime could not start {wanted[0]} (running on {self.session.get_providers()}); check the "
                 "CUDA / cuDNN libraries (pip install 'onnxruntime-gpu[cuda,cudnn]') and that a GPU is visible")
+        self.input_dtypes = {spec["name"]: np.dtype(spec.get("dtype", "int64")) for spec in inputs}
         self._bound: dict[tuple[int, int], tuple] = {}
         self.runs = {"calls": 0, "buckets": 0}
 
@@ -104,10 +105,13 @@ class OrtBackend(Backend):
         n, length = self.batch_and_length(feeds)
         shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets \
             else (n, length)
+        if self.cuda_graph and shape[0] > BATCH_BUCKETS[-1]:
+            raise InputError(f"with cuda_graph=True a call runs at most {BATCH_BUCKETS[-1]} rows (one captured graph "
+                             f"per bucket); got {n}: lower batch_size")
         padded = self.pad_feeds(feeds, *shape) if shape != (n, length) else feeds
         binding, inputs, outputs, run_options = self._binding(shape, padded)
-        for name, value in inputs.items():
-            value.update_inplace(np.ascontiguousarray(padded[name]))
+        for name, value in inputs.items():  # update_inplace checks sizes only: convert to the buffer's dtype
+            value.update_inplace(np.ascontiguousarray(padded[name], dtype=self.input_dtypes[name]))
         self.session.run_with_iobinding(binding, run_options)
         result = {}
         for name, value in zip(self.output_names, binding.get_outputs() if outputs is None else outputs):
@@ -123,8 +127,8 @@ class OrtBackend(Backend):
         binding = self.session.io_binding()
         inputs = {}
         for name, value in feeds.items():
-            inputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, self.device,
-                                                                     self.device_id)
+            inputs[name] = ort.OrtValue.ortvalue_from_shape_and_type(value.shape, self.input_dtypes[name],
+                                                                     self.device, self.device_id)
             binding.bind_ortvalue_input(name, inputs[name])
         out_shapes = [self.output_shape(i, *shape) for i in range(len(self.output_names))]
         if all(s is not None for s in out_shapes):

@@ -63,6 +63,7 @@ class TrtBackend(Backend):
             raise IncompatibleBundleError(f"TensorRT could not deserialize {self.engine_file} (see its log above); "
                                           "rebuild the bundle on this machine")
         self.contexts: dict[int, object] = {}
+        self.scratch = None  # activation memory shared by the contexts
         self.stream = torch.cuda.Stream(device=self.device)
         self.dtypes = {}
         for i in range(self.engine_obj.num_io_tensors):
@@ -71,17 +72,23 @@ class TrtBackend(Backend):
 
     def _torch_dtype(self, dt):
         trt, torch = self.trt, self.torch
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
-        if hasattr(trt.DataType, "BF16"):
-            table[trt.DataType.BF16] = torch.bfloat16
-        return table[dt]
+        return {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16,
+                trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool,
+                trt.DataType.INT8: torch.int8}[dt]
 
     def _context(self, k: int):
+        """The context of profile k. All contexts run one at a time on one stream, so they share one block of
+        activation memory (USER_MANAGED) instead of each reserving the largest profile's (the STATIC default)."""
+        trt, torch = self.trt, self.torch
         if k not in self.contexts:
-            ctx = self.engine_obj.create_execution_context()
-            if k:
-                ctx.set_optimization_profile_async(k, self.stream.cuda_stream)
+            with torch.cuda.device(self.device):
+                ctx = self.engine_obj.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+                if self.scratch is None:
+                    self.scratch = torch.empty(self.engine_obj.device_memory_size_v2, dtype=torch.uint8,
+                                               device=self.device)
+                ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+                if k:
+                    ctx.set_optimization_profile_async(k, self.stream.cuda_stream)
             self.contexts[k] = ctx
         return self.contexts[k]
 
@@ -100,13 +107,17 @@ class TrtBackend(Backend):
             for name, value in feeds.items():
                 t = torch.from_numpy(np.ascontiguousarray(value)).to(self.device, self.dtypes[name], non_blocking=False)
                 held.append(t)
-                ctx.set_input_shape(name, tuple(t.shape))
-                ctx.set_tensor_address(name, t.data_ptr())
+                if not ctx.set_input_shape(name, tuple(t.shape)):
+                    raise InputError(f"TensorRT rejected shape {tuple(t.shape)} of {name} in profile {k} "
+                                     f"({self.profiles[k]['shapes'].get(name)})")
+                if not ctx.set_tensor_address(name, t.data_ptr()):
+                    raise IncompatibleBundleError(f"TensorRT rejected the buffer of {name}")
             outputs = {}
             for name in self.output_names:
                 shape = tuple(ctx.get_tensor_shape(name))
                 outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-                ctx.set_tensor_address(name, outputs[name].data_ptr())
+                if not ctx.set_tensor_address(name, outputs[name].data_ptr()):
+                    raise IncompatibleBundleError(f"TensorRT rejected the buffer of {name}")
             if not ctx.execute_async_v3(self.stream.cuda_stream):
                 raise IncompatibleBundleError("TensorRT failed to run the engine (see its log above)")
             self.stream.synchronize()
