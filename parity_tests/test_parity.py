@@ -10,7 +10,7 @@ import runtimes
 from bge_export.build.targets import CPU_TARGETS, TARGETS
 from bge_export.families import FAMILIES
 from bge_export.parity import TOLERANCES
-from parity_tests.conftest import CASES, FAMILY_OF_CASE
+from parity_tests.conftest import CASES
 
 
 # Random weights at initializer_range 0.5 with hidden 48 / 3 heads give attention logits so large that softmax is
