@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtimes._optional import require
+from runtimes._optional import available, require
 from runtimes.backends.base import Backend
-from runtimes.errors import IncompatibleBundleError, InputError
+from runtimes.errors import IncompatibleBundleError, InputError, MissingDependencyError
 
 
 def compatibility_problems(engine: dict, tensorrt_version: str, compute_capability: str) -> list[str]:
@@ -45,6 +45,9 @@ class TrtBackend(Backend):
             raise InputError(f"unknown TensorRT backend options {sorted(options)} (supported: device_id)")
         super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
         trt = self.trt = require("tensorrt")
+        if not available("torch"):
+            raise MissingDependencyError("TensorRT bundles run on torch CUDA tensors, and torch is not installed; "
+                                         "install it with: pip install 'bge-export[trt]'")
         torch = self.torch = require("torch")
         if not torch.cuda.is_available():
             raise IncompatibleBundleError("this is a TensorRT bundle and no NVIDIA GPU is visible here; serve it on "
