@@ -259,13 +259,14 @@ def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
 
     require("FlagEmbedding")
     checks, golden = family.run_parity(tmp, precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
-    ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api}")
+    device = parity.parity_device(manifest.engine)[1]
+    ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api} (on {device})")
     sample = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in golden.items() if k != "n_texts"}
     (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": precision}, ensure_ascii=False), encoding="utf-8")
     files = dict(manifest.data["files"])
     files.update(describe_files(tmp, [GOLDEN]))
     report = parity.report_json(checks, f"FlagEmbedding {family.reference_api} fp32 CPU", golden["n_texts"],
-                                gate_retrieval, device=parity.parity_device(manifest.engine)[1])
+                                gate_retrieval, device=device)
     manifest = manifest.with_updates(files=files, parity=report)
     manifest.write(tmp)
     return manifest, ok, text

@@ -18,6 +18,10 @@ from runtimes.bundle import open_bundle
 def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
+    _, device = parity.parity_device(m.engine)
+    if m.precision == "bf16" and device.startswith("CPUExecutionProvider"):
+        raise BgeExportError(f"{bundle.path} is a bf16 bundle and ONNX Runtime CPU has no bf16 kernels; re-run "
+                             "`bge-export parity` on the CUDA machine that serves it")
     reason = None
     try:
         family = family_from_manifest(m.data)
@@ -38,8 +42,8 @@ def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
         checks, n = golden_checks(bundle)
         title = f"{m.family} / {m.target} vs the bundle's stored reference sample"
         reference = "stored reference sample"
-    ok, text = parity.report(checks, title)
-    return ok, text, parity.report_json(checks, reference, n)
+    ok, text = parity.report(checks, f"{title} (on {device})")
+    return ok, text, parity.report_json(checks, reference, n, device=device)
 
 
 def golden_checks(bundle) -> tuple[list, int]:
