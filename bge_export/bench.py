@@ -330,11 +330,14 @@ def _reference_contender(family, device: str = "cpu") -> Contender:
     def engine(x, b, s, w):
         enc = api["ref_tensors"](ref, x, s, w)
         ref.model.eval()
-        if cuda:  # FlagEmbedding moves and halves its model on the first call (the warm-up runs that first)
-            ref.model.half().to("cuda:0")
-            enc = enc.to("cuda:0")
+        moved = [not cuda]
 
         def call():
+            nonlocal enc
+            if not moved[0]:  # FlagEmbedding moves (and halves) its model in its first public call, the warm-up
+                device = next(ref.model.parameters()).device
+                enc = {k: v.to(device) if hasattr(v, "to") else v for k, v in enc.items()}
+                moved[0] = True
             with torch.no_grad():
                 out = api["ref_forward"](ref, enc)
             if cuda:

@@ -156,7 +156,7 @@ def compile_bundle(
     if tgt.engine_kind == "tensorrt":  # before the export: TensorRT and a GPU, or say what works here instead
         from bge_export.build.trt import check_can_build
 
-        check_can_build(tgt.name)
+        check_can_build(tgt.name, family, build_options)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

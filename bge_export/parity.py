@@ -7,6 +7,7 @@ reported beside the raw errors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -213,11 +214,32 @@ def parity_device(engine: dict) -> tuple[dict, str]:
     not the CUDA kernels, and the report says so."""
     if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in engine.get("providers", []):
         return {}, (engine.get("providers") or [engine["kind"]])[0]
-    from runtimes._optional import require
-
-    if "CUDAExecutionProvider" in require("onnxruntime").get_available_providers():
+    if cuda_usable():
         return {}, "CUDAExecutionProvider"
     return {"providers": ["CPUExecutionProvider"]}, "CPUExecutionProvider (no CUDA here: checks the graph, not the CUDA kernels)"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime can run on a GPU here. Listing the CUDA provider is not enough (it is compiled into
+    onnxruntime-gpu whether or not a GPU and the CUDA libraries are present): start a one-node session on it."""
+    from runtimes._optional import require
+
+    ort = require("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    helper, tp = require("onnx.helper"), require("onnx").TensorProto
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", tp.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", tp.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    try:
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return sess.get_providers()[0] == "CUDAExecutionProvider"
+    except Exception:  # noqa: BLE001 - any failure to start CUDA means: not usable here
+        return False
 
 
 def load_for_parity(bundle_path, **options):

@@ -10,7 +10,7 @@ import runtimes
 from bge_export.families import FAMILIES
 from parity_tests.conftest import FAMILY_OF_CASE
 from parity_tests.test_parity import GPU_GRAPH_CASES
-from runtimes._optional import available, require
+from runtimes._optional import available
 
 ONE_CASE_PER_FAMILY = {f: next(c for c in GPU_GRAPH_CASES if FAMILY_OF_CASE[c] == f) for f in FAMILIES}
 TEXTS = ["what is the capital of France?", "", "中文 😀 " * 3, "a long passage about pandas " * 30, "short"] * 3
@@ -71,8 +71,10 @@ def test_lint_command(bundle, capsys):
 # --- on an NVIDIA GPU -------------------------------------------------------------------------------------------
 
 def _cuda_reason() -> str | None:
-    if "CUDAExecutionProvider" not in require("onnxruntime").get_available_providers():
-        return "no CUDAExecutionProvider: install onnxruntime-gpu on an NVIDIA GPU machine"
+    from bge_export.parity import cuda_usable
+
+    if not cuda_usable():
+        return "ONNX Runtime cannot run on CUDA here: needs onnxruntime-gpu and an NVIDIA GPU"
     return None
 
 

@@ -19,7 +19,7 @@ from parity_tests.conftest import CASES
 HYPERSENSITIVE = {("bert-48h3-l3-pos128", "ort-cpu-int8")}
 
 
-# The GPU targets' graphs, parity-checked here on ONNX Runtime CPU (the CUDA kernels need a GPU: test_gpu.py):
+# The GPU targets' graphs, parity-checked here on ONNX Runtime CPU (the CUDA kernels need a GPU: test_gpu_engines.py):
 # one case per family, two for the encoders (real weights gate retrieval). The Gemma-based cases have no fp16
 # targets (bf16 instead, which ONNX Runtime CPU cannot run); their int8 QDQ graph is checked like the others.
 GPU_GRAPH_CASES = {
@@ -192,10 +192,10 @@ def test_gpu_graphs_really_are_half_and_int8(bundle):
 
 
 def test_gpu_bundle_parity_says_where_it_ran(bundle):
-    from runtimes._optional import require
+    from bge_export.parity import cuda_usable
 
     device = bundle("minilm-real", "ort-cuda").manifest.parity["device"]
-    if "CUDAExecutionProvider" in require("onnxruntime").get_available_providers():
+    if cuda_usable():
         assert device == "CUDAExecutionProvider"
     else:
         assert device.startswith("CPUExecutionProvider (no CUDA here")

@@ -95,13 +95,17 @@ def test_trt_target_without_tensorrt_says_what_works(capsys, tiny_ckpt):
     _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16"], "needs TensorRT", "bge-export[trt]",
            "--target onnx-fp16")
     _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-int8"], "--target onnx-int8")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16", "--trt-max-batch", "0"], "must be >= 1")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16", "--trt-seq-buckets", "128,4096"],
+           "at most 512 tokens")
 
 
 def test_fp16_target_refused_for_gemma(capsys, tmp_path):
     from parity_tests.decoder_checkpoints import tiny_gemma_reranker
 
     ckpt = tiny_gemma_reranker(tmp_path / "gemma")
-    _fails(capsys, ["--model", str(ckpt), "--target", "onnx-fp16"], "Gemma", "bf16")
+    _fails(capsys, ["--model", str(ckpt), "--target", "onnx-fp16"], "Gemma", "--target trt-bf16",
+           "--target onnx --export-dtype bf16")
 
 
 def test_trt_options_on_a_non_trt_target(capsys, tiny_ckpt):

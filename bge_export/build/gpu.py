@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from bge_export.build.half import convert_fp16
-from bge_export.build.ort import DATA, MODEL, BuildResult, fuse
+from bge_export.build.ort import MODEL, BuildResult, fuse
+from bge_export.errors import InternalError
 from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
 
@@ -65,6 +66,8 @@ def set_opset(path: Path, version: int) -> None:
     model = onnx.load(str(path), load_external_data=False)
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and imp.version < version:
+            if imp.version != 18:  # only the 18 -> 19 step is known to need no node changes
+                raise InternalError(f"set_opset: the graph has opset {imp.version}, expected 18")
             imp.version = version
     onnx.save_model(model, str(path))
 
@@ -89,5 +92,3 @@ def build_onnx_qdq(family, exported, out_dir: Path, log=print) -> BuildResult:
     return BuildResult(files=_files(out_dir), info={"qdq": info, "float_regions": "fp16", "fp16": half,
                                                     "opset": QDQ_OPSET})
 
-
-__all__ = ["build_ort_cuda_half", "build_onnx_half", "build_onnx_qdq", "DATA"]

@@ -36,9 +36,11 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
     onnx = require("onnx")
     float16 = require("onnxruntime.transformers.float16")
     model = onnx.load(str(src))
-    for n in model.graph.node:  # the converter blocks nodes by name: give nameless ones a name
+    for i, n in enumerate(model.graph.node):  # the converter blocks nodes by name: give nameless ones a name
         if not n.name:
-            n.name = f"{n.op_type}_{id(n)}"
+            n.name = f"{n.op_type}_{i}"
+    kept = Counter(n.op_type for n in model.graph.node if n.op_type in FP32_OPS)
+    casts_before = sum(n.op_type == "Cast" for n in model.graph.node)  # the converter may work in place
     heads = head_nodes(model.graph)
     model16 = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP32_OPS),
                                                node_block_list=heads, disable_shape_infer=external_data)
@@ -51,11 +53,9 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
                         location=dst.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(model16, str(dst))
-    kept = Counter(n.op_type for n in model.graph.node if n.op_type in FP32_OPS)
     return {"converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
             "fp32_ops": dict(kept), "fp32_head_nodes": len(heads),
-            "casts_added": sum(n.op_type == "Cast" for n in model16.graph.node)
-            - sum(n.op_type == "Cast" for n in model.graph.node)}
+            "casts_added": sum(n.op_type == "Cast" for n in model16.graph.node) - casts_before}
 
 
 def _drop_repeated_casts(graph) -> None:
@@ -72,7 +72,3 @@ def _drop_repeated_casts(graph) -> None:
         del graph.node[:]
         graph.node.extend(keep)
 
-
-def half_dtype(family) -> str:
-    """The half type a family's GPU engines use: bf16 for the Gemma-based decoders, fp16 otherwise."""
-    return getattr(family, "half_dtype", lambda: "fp16")()

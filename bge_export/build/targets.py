@@ -79,8 +79,8 @@ def get_target(name: str, family=None) -> Target:
     if family is not None and t.precision == "fp16" and family.half_dtype() == "bf16":
         raise UnsupportedTargetError(
             f"target {name} builds an fp16 graph, but this {family.name} checkpoint is Gemma-based: Gemma scales its "
-            f"embeddings by sqrt(hidden) and overflows fp16; use --target {name.replace('fp16', 'bf16')} "
-            "(or ort-cuda-fp16, which uses bf16 for it)")
+            "embeddings by sqrt(hidden) and overflows fp16; use --target trt-bf16 or ort-cuda-fp16 (bf16 for it), or "
+            "--target onnx --export-dtype bf16 for the bf16 graph that trt-bf16 compiles")
     return t
 
 

@@ -41,8 +41,8 @@ def plan_profiles(inputs: list[dict], max_length: int, *, max_batch: int = DEFAU
     """One optimization profile per sequence bucket: lengths (previous bucket, bucket], batch 1..max, the
     optimum at the bucket's length. Buckets longer than 512 get a max batch that keeps batch x length at
     TOKENS_PER_PROFILE, so a bge-m3 8192 profile does not reserve 64 x 8192 activations."""
-    if max_batch < 1:
-        raise UnsupportedTargetError(f"--trt-max-batch must be >= 1, got {max_batch}")
+    if max_batch < 1 or (opt_batch is not None and opt_batch < 1):
+        raise UnsupportedTargetError(f"--trt-max-batch and --trt-opt-batch must be >= 1, got {max_batch} and {opt_batch}")
     edges = sorted({b for b in (sequence_buckets or DEFAULT_SEQUENCE_BUCKETS) if b < max_length} | {max_length})
     if sequence_buckets and any(b > max_length for b in sequence_buckets):
         raise UnsupportedTargetError(f"--trt-seq-buckets {','.join(map(str, sequence_buckets))}: the model takes at "
@@ -50,7 +50,7 @@ def plan_profiles(inputs: list[dict], max_length: int, *, max_batch: int = DEFAU
     profiles, low = [], 1
     for edge in edges:
         batch = max(1, min(max_batch, TOKENS_PER_PROFILE // edge)) if edge > 512 else max_batch
-        opt = max(1, min(batch, opt_batch or batch))
+        opt = min(batch, batch if opt_batch is None else opt_batch)
         shapes = {}
         for spec in inputs:
             def dims(b, s):
@@ -66,17 +66,30 @@ def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
     return root / f"tensorrt-{trt_version}-sm{compute_capability.replace('.', '')}.timing-cache"
 
 
-def check_can_build(target: str) -> None:
-    """TensorRT and a visible GPU, or an error that names the TensorRT-free target building the same ONNX."""
+ONNX_OF_TRT = {"trt-fp16": "--target onnx-fp16", "trt-int8": "--target onnx-int8",
+               "trt-bf16": "--target onnx --export-dtype bf16"}
+
+
+def check_can_build(target: str, family, options: dict) -> None:
+    """Valid profile options, TensorRT and a visible GPU, before anything is exported; without TensorRT the
+    error names the TensorRT-free target that builds the same ONNX."""
     from runtimes._optional import available
 
-    onnx_target = "onnx-int8" if target.endswith("int8") else "onnx-fp16"
+    profiles_for(family, options)
     if not available("tensorrt"):
         raise MissingDependencyError(
             f"--target {target} needs TensorRT, which is not installed; on an NVIDIA GPU machine install it with "
-            f"pip install 'bge-export[trt]'. Without TensorRT, --target {onnx_target} builds and parity-checks the "
-            "ONNX graph that this target compiles")
+            f"pip install 'bge-export[trt]'. Without TensorRT, {ONNX_OF_TRT[target]} builds the ONNX graph that "
+            "this target compiles")
     gpu_identity()
+
+
+def profiles_for(family, options: dict) -> list[dict]:
+    inputs = [{"name": s.name, "axes": list(s.axes)} for s in family.inputs()]
+    max_batch = options.get("max_batch")
+    return plan_profiles(inputs, family.max_sequence_length(),
+                         max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch,
+                         sequence_buckets=options.get("sequence_buckets"), opt_batch=options.get("opt_batch"))
 
 
 def gpu_identity() -> dict:
@@ -142,9 +155,8 @@ def build_engine(onnx_path: Path, plan_path: Path, profiles: list[dict], *, timi
 def _build(stage, family, exported, out_dir: Path, log, *, max_batch=None, sequence_buckets=None, opt_batch=None,
            timing_cache=None, optimization_level=3, workspace_gb=None) -> BuildResult:
     typed = stage(family, exported, out_dir, log)
-    inputs = [{"name": s.name, "axes": list(s.axes)} for s in family.inputs()]
-    profiles = plan_profiles(inputs, family.max_sequence_length(), max_batch=max_batch or DEFAULT_MAX_BATCH,
-                             sequence_buckets=sequence_buckets, opt_batch=opt_batch)
+    profiles = profiles_for(family, {"max_batch": max_batch, "sequence_buckets": sequence_buckets,
+                                     "opt_batch": opt_batch})
     record = build_engine(out_dir / "model.onnx", out_dir / PLAN, profiles,
                           timing_cache=Path(timing_cache) if timing_cache else None,
                           optimization_level=optimization_level, workspace_gb=workspace_gb, log=log)
