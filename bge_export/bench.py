@@ -97,15 +97,21 @@ def exact_length_texts(tokenize: Callable[[str], int], words: list[str], n: int,
     return out
 
 
-def gemm_peak_gflops(seconds: float = 1.0) -> float:
-    """This machine's practical fp32 peak: numpy (BLAS) 1024^3 matmuls with the default threads."""
-    a = np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32)
+def _matmul_gflops(a, sync=lambda: None, seconds: float = 1.0) -> float:
+    """GFLOP/s of repeated square matmuls ``a @ a`` for about ``seconds`` (``sync`` waits for the device)."""
     a @ a
+    sync()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ a
         n += 1
-    return n * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
+    sync()
+    return n * 2 * a.shape[0] ** 3 / (time.perf_counter() - start) / 1e9
+
+
+def gemm_peak_gflops() -> float:
+    """This machine's practical fp32 peak: numpy (BLAS) 1024^3 matmuls with the default threads."""
+    return _matmul_gflops(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
 
 
 # How each FlagEmbedding API is driven, for our runtime and for the reference alike: the workload of a cell
@@ -330,14 +336,14 @@ def _reference_contender(family, device: str = "cpu") -> Contender:
     def engine(x, b, s, w):
         enc = api["ref_tensors"](ref, x, s, w)
         ref.model.eval()
-        moved = [not cuda]
+        moved = not cuda
 
         def call():
-            nonlocal enc
-            if not moved[0]:  # FlagEmbedding moves (and halves) its model in its first public call, the warm-up
+            nonlocal enc, moved
+            if not moved:  # FlagEmbedding moves (and halves) its model in its first public call, the warm-up
                 device = next(ref.model.parameters()).device
                 enc = {k: v.to(device) if hasattr(v, "to") else v for k, v in enc.items()}
-                moved[0] = True
+                moved = True
             with torch.no_grad():
                 out = api["ref_forward"](ref, enc)
             if cuda:
@@ -387,18 +393,10 @@ def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def gpu_peak_gflops(seconds: float = 1.0) -> float:
+def gpu_peak_gflops() -> float:
     """The GPU's practical fp16 peak: torch 8192^3 fp16 matmuls."""
     torch = require("torch")
-    a = torch.randn(8192, 8192, dtype=torch.float16, device="cuda:0")
-    a @ a
-    torch.cuda.synchronize()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ a
-        n += 1
-    torch.cuda.synchronize()
-    return n * 2 * 8192**3 / (time.perf_counter() - start) / 1e9
+    return _matmul_gflops(torch.randn(8192, 8192, dtype=torch.float16, device="cuda:0"), torch.cuda.synchronize)
 
 
 def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS, repeats=5, warmup=1,

@@ -110,9 +110,9 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
     options = {k: v for k, v in variant.items() if v is not None}
     family = family_cls(ckpt, **options)
     get_target(target, family)
-    dtype = family.variant.get("export_dtype", "fp32")
+    dtype = family.export_dtype()
     precision = target_precision(target_obj, family.half_dtype())
-    if "export_dtype" in family.variant and precision in ("fp16", "bf16") and dtype != precision:
+    if family.half_export and precision in ("fp16", "bf16") and dtype != precision:
         if "export_dtype" in options:
             raise UnsupportedTargetError(f"--target {target} runs this model in {precision}; drop --export-dtype "
                                          f"{dtype} (the graph is exported in {precision} for it)")
@@ -128,7 +128,7 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
 
 def bundle_precision(family: Family, tgt: Target) -> str:
     """The precision the parity tolerances apply to: the export dtype for half-precision graphs, else the target's."""
-    dtype = family.variant.get("export_dtype", "fp32")
+    dtype = family.export_dtype()
     return dtype if dtype != "fp32" else target_precision(tgt, family.half_dtype())
 
 
@@ -163,7 +163,7 @@ def compile_bundle(
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot write there ({exc.strerror}); pass an --out you can write to") from None
     try:
-        if exported is not None and exported.dtype != family.variant.get("export_dtype", "fp32"):
+        if exported is not None and exported.dtype != family.export_dtype():
             exported = None  # the target needs an export in another dtype
         if exported is None:
             prog.step("exporting to ONNX (dynamo, dynamic batch and sequence axes)")
@@ -171,7 +171,7 @@ def compile_bundle(
         else:
             prog.step(f"reusing the ONNX export {exported.path}")
         prog.step(f"building target {tgt.name}: {tgt.description}")
-        built = tgt.build_fn()(family, exported, tmp, prog.info, **(build_options or {}))
+        built = tgt.build_fn()(family, exported, tmp, prog.info, **build_options)
         if (tmp / "_export").exists():
             shutil.rmtree(tmp / "_export")
         prog.step("writing the bundle (manifest, tokenizer, model)")
@@ -181,9 +181,9 @@ def compile_bundle(
         manifest = Manifest.build(fields)
         manifest.write(tmp)
         parity_ok, parity_text = None, "parity skipped (--no-parity)"
-        if parity and precision == "bf16" and _parity_on_cpu(manifest):
-            parity, parity_text = False, ("parity skipped: bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); "
-                                          "check them on a GPU target")
+        skip = parity and _unrunnable(precision, manifest)
+        if skip:
+            parity, parity_text = False, f"parity skipped: {skip}"
         if parity:
             prog.step(f"parity against FlagEmbedding {family.reference_api} (fp32, CPU)")
             manifest, parity_ok, parity_text = _run_parity(family, tgt, precision, tmp, manifest, prog.info,
@@ -247,10 +247,10 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
     }
 
 
-def _parity_on_cpu(manifest: Manifest) -> bool:
-    from bge_export.parity import parity_device
+def _unrunnable(precision: str, manifest: Manifest) -> str | None:
+    from bge_export.parity import unrunnable
 
-    return parity_device(manifest.engine)[1].startswith("CPUExecutionProvider")
+    return unrunnable(precision, manifest.engine)
 
 
 def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
@@ -259,7 +259,7 @@ def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
 
     require("FlagEmbedding")
     checks, golden = family.run_parity(tmp, precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
-    device = parity.parity_device(manifest.engine)[1]
+    device = parity.parity_device(manifest.engine).name
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api} (on {device})")
     sample = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in golden.items() if k != "n_texts"}
     (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": precision}, ensure_ascii=False), encoding="utf-8")

@@ -82,7 +82,7 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
     r, g = np.concatenate([ref, ref_short], axis=1), np.concatenate([got, got_short], axis=1)
     spread = max(float(r.max() - r.min()), 1e-12)
     ref_edge = ref[:, len(pairs):]
-    values = {"max_abs_rel_spread": float(np.abs(r - g).max() / spread), "max_abs": float(np.abs(r - g).max()),
+    values = {"max_abs_rel_spread": rel_spread_error(r, g), "max_abs": float(np.abs(r - g).max()),
               "score_spread": spread, "spearman": min(spearman(a, b) for a, b in zip(r, g)),
               "reference_self_max_abs": float(np.abs(ref_single - ref_edge[:, :8]).max())}
     notes = {"score_spread": "max - min of the reference scores", "max_abs_rel_spread": "max |ref - bundle| / spread",

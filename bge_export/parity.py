@@ -13,6 +13,7 @@ import os
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -208,15 +209,31 @@ def rel_spread_error(ref, got) -> float:
     return float(np.abs(ref - got).max() / max(float(ref.max() - ref.min()), 1e-12))
 
 
-def parity_device(engine: dict) -> tuple[dict, str]:
-    """(backend options, where parity runs) for a bundle's engine. A CUDA bundle on a machine without CUDA runs
-    its graph on ONNX Runtime CPU: that checks the graph and its precision (fp16 weights, fp32 islands, QDQ),
-    not the CUDA kernels, and the report says so."""
-    if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in engine.get("providers", []):
-        return {}, (engine.get("providers") or [engine["kind"]])[0]
+class ParityDevice(NamedTuple):
+    backend_options: dict  # for runtimes.load
+    name: str  # for the report
+    cpu: bool  # ONNX Runtime CPU: no bf16 kernels
+
+
+def parity_device(engine: dict) -> ParityDevice:
+    """Where parity runs a bundle's engine. A CUDA bundle on a machine without CUDA runs its graph on ONNX Runtime
+    CPU: that checks the graph and its precision (fp16 weights, fp32 islands, QDQ), not the CUDA kernels, and the
+    report says so."""
+    providers = engine.get("providers", [])
+    if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in providers:
+        name = (providers or [engine["kind"]])[0]
+        return ParityDevice({}, name, name == "CPUExecutionProvider")
     if cuda_usable():
-        return {}, "CUDAExecutionProvider"
-    return {"providers": ["CPUExecutionProvider"]}, "CPUExecutionProvider (no CUDA here: checks the graph, not the CUDA kernels)"
+        return ParityDevice({}, "CUDAExecutionProvider", False)
+    return ParityDevice({"providers": ["CPUExecutionProvider"]},
+                        "CPUExecutionProvider (no CUDA here: checks the graph, not the CUDA kernels)", True)
+
+
+def unrunnable(precision: str, engine: dict) -> str | None:
+    """Why parity cannot run this bundle here, or None."""
+    if precision == "bf16" and parity_device(engine).cpu:
+        return "bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); check them on the CUDA machine"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,8 +263,8 @@ def load_for_parity(bundle_path, **options):
     """runtimes.load on the device parity_device picks."""
     import runtimes
 
-    backend, _ = parity_device(runtimes.open_bundle(bundle_path, verify=False).manifest.engine)
-    return runtimes.load(bundle_path, verify=False, backend_options=backend, **options)
+    device = parity_device(runtimes.open_bundle(bundle_path, verify=False).manifest.engine)
+    return runtimes.load(bundle_path, verify=False, backend_options=device.backend_options, **options)
 
 
 def parity_texts() -> dict:

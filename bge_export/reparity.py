@@ -18,10 +18,10 @@ from runtimes.bundle import open_bundle
 def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
-    _, device = parity.parity_device(m.engine)
-    if m.precision == "bf16" and device.startswith("CPUExecutionProvider"):
-        raise BgeExportError(f"{bundle.path} is a bf16 bundle and ONNX Runtime CPU has no bf16 kernels; re-run "
-                             "`bge-export parity` on the CUDA machine that serves it")
+    device = parity.parity_device(m.engine).name
+    skip = parity.unrunnable(m.precision, m.engine)
+    if skip:
+        raise BgeExportError(f"cannot check {bundle.path} here: {skip} (`bge-export parity` there)")
     reason = None
     try:
         family = family_from_manifest(m.data)
@@ -54,7 +54,7 @@ def golden_checks(bundle) -> tuple[list, int]:
         raise BgeExportError(f"{bundle.path} has no {GOLDEN} (built with --no-parity) and the full reference is not "
                              "available; install bge-export[reference] and keep the source checkpoint")
     sample = json.loads(path.read_text(encoding="utf-8"))
-    backend, _ = parity.parity_device(bundle.manifest.engine)  # open_bundle above already hashed every file
-    model = runtimes.load(bundle.path, verify=False, backend_options=backend)
+    backend = parity.parity_device(bundle.manifest.engine).backend_options
+    model = runtimes.load(bundle.path, verify=False, backend_options=backend)  # open_bundle already hashed files
     values = get_family(bundle.manifest.family).golden_values(model, sample)
     return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["reference"])

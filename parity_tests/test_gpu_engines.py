@@ -35,7 +35,7 @@ def test_io_binding_with_shape_buckets_matches_plain_runs(bundle, family):
     model = runtimes.load(path, batch_size=4, backend_options={"io_binding": True, "buckets": True})
     bound = call_api(model, family)
     bound_again = call_api(model, family)
-    assert model.backend.runs["buckets"] >= 2  # several lengths -> several buckets, each bound once and reused
+    assert model.backend.bound_buckets >= 2  # several lengths -> several buckets, each bound once and reused
     np.testing.assert_allclose(bound, plain, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(bound_again, bound)
 
@@ -116,3 +116,18 @@ def test_tensorrt_engine_parity(bundle, case, target):
     assert engine["kind"] == "tensorrt" and engine["tensorrt_version"] and engine["compute_capability"]
     assert (res.bundle / engine["file"]).stat().st_size > 0
     assert res.parity_ok, res.parity_text
+
+
+def test_bf16_bundle_parity_is_skipped_on_cpu_with_the_reason(bundle, capsys):
+    """A Gemma model's ort-cuda-fp16 bundle is bf16: built and recorded, its parity skipped here with the reason,
+    and `bge-export parity` refuses it on this machine instead of failing inside ONNX Runtime."""
+    from bge_export.cli import main
+    from bge_export.parity import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CUDA is usable here: the bf16 bundle's parity runs (test_ort_cuda_fp16_parity_on_gpu)")
+    res = bundle("tiny-gemma2-embedder", "ort-cuda-fp16")
+    assert res.manifest.precision == "bf16" and res.parity_ok is None and res.manifest.parity is None
+    assert "no bf16 kernels" in res.parity_text
+    assert main(["parity", str(res.bundle)]) == 2
+    assert "no bf16 kernels" in capsys.readouterr().err

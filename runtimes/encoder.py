@@ -17,7 +17,8 @@ class EncoderModel(BundleModel):
     Returns float32 numpy arrays ``(N, H)``, or ``(H,)`` for a single string, in input order. Unlike
     FlagModel 1.4.2, which stores but ignores a constructor ``max_length``, ``max_length=`` here sets the
     default of both query and passage lengths.
-    ``backend_options`` go to the engine backend (ONNX Runtime: ``intra_op_num_threads``, ``allow_spinning``).
+    ``backend_options`` go to the engine backend (ONNX Runtime: ``intra_op_num_threads``, ``allow_spinning``,
+    ``providers``, ``io_binding``, ``buckets``, ``cuda_graph``, ``device_id``; TensorRT: ``device_id``).
     """
 
     output_name = "pooled"  # the graph output holding the pooled vector

@@ -5,8 +5,8 @@
 - onnx-fp16: the standard-op fp16 graph TensorRT compiles for trt-fp16 (no ORT contrib ops).
 - onnx-int8: the static symmetric QDQ graph TensorRT compiles for trt-int8: int8 attention projections, the
   float regions in fp16 for the encoder-type families (TensorRT under strong typing runs float regions in the
-  ONNX's own type) and fp32 for the decoders (their RoPE and RMSNorm need fp32, which the generic converter
-  cannot keep).
+  ONNX's own type) and fp32 for the families with ``half_export`` (the decoders: their RoPE and RMSNorm need
+  fp32, which the generic converter cannot keep).
 Every graph that ONNX Runtime CPU can run is checked here against the export on several shapes; the parity
 suite then checks the bundle against FlagEmbedding.
 """
@@ -17,16 +17,12 @@ import tempfile
 from pathlib import Path
 
 from bge_export.build.half import convert_fp16
-from bge_export.build.ort import MODEL, BuildResult, fuse
+from bge_export.build.ort import MODEL, BuildResult, build_onnx, fuse, model_files
 from bge_export.errors import InternalError
 from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
 
 QDQ_OPSET = 19  # QuantizeLinear / DequantizeLinear take fp16 scales from opset 19
-
-
-def _files(out_dir: Path) -> list[str]:
-    return sorted(p.name for p in out_dir.iterdir() if p.name == MODEL or p.name.startswith(MODEL + "."))
 
 
 def _convert_checked(family, src: Path, exported, out_dir: Path, log, what: str) -> dict:
@@ -46,16 +42,14 @@ def build_ort_cuda_half(family, exported, out_dir: Path, log=print) -> BuildResu
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         fused = fuse(exported, Path(tmp), family, log)
         info = _convert_checked(family, Path(tmp) / MODEL, exported, out_dir, log, "the fused fp16 graph")
-    return BuildResult(files=_files(out_dir), info={**fused.info, **info})
+    return BuildResult(files=model_files(out_dir), info={**fused.info, **info})
 
 
 def build_onnx_half(family, exported, out_dir: Path, log=print) -> BuildResult:
-    if exported.dtype != "fp32":
-        for name in exported.files:
-            shutil.copyfile(exported.path.parent / name, out_dir / name)
-        return BuildResult(files=list(exported.files), info={"graph": f"as exported ({exported.dtype})"})
+    if exported.dtype != "fp32":  # a decoder exported in fp16 / bf16 is already the graph
+        return build_onnx(family, exported, out_dir, log)
     info = _convert_checked(family, exported.path, exported, out_dir, log, "the fp16 graph")
-    return BuildResult(files=_files(out_dir), info=info)
+    return BuildResult(files=model_files(out_dir), info=info)
 
 
 def set_opset(path: Path, version: int) -> None:
@@ -81,14 +75,14 @@ def build_onnx_qdq(family, exported, out_dir: Path, log=print) -> BuildResult:
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         qdq_path = Path(tmp) / MODEL
         info = quantize_qdq(family, exported.path, qdq_path, corpus, external_data=exported.external_data, log=log)
-        if "export_dtype" in family.variant:  # decoders: float regions stay fp32 (module docstring)
+        if family.half_export:  # float regions stay fp32 (module docstring)
             for p in Path(tmp).iterdir():
                 shutil.move(str(p), out_dir / p.name)
-            return BuildResult(files=_files(out_dir), info={"qdq": info, "float_regions": "fp32"})
+            return BuildResult(files=model_files(out_dir), info={"qdq": info, "float_regions": "fp32"})
         set_opset(qdq_path, QDQ_OPSET)
         half = convert_fp16(qdq_path, out_dir / MODEL, external_data=exported.external_data)
     log(f"float regions in fp16 around the QDQ nodes ({half['casts_added']} casts added); accuracy is checked by "
         "parity")
-    return BuildResult(files=_files(out_dir), info={"qdq": info, "float_regions": "fp16", "fp16": half,
+    return BuildResult(files=model_files(out_dir), info={"qdq": info, "float_regions": "fp16", "fp16": half,
                                                     "opset": QDQ_OPSET})
 

@@ -23,6 +23,19 @@ NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNorm
 FP32_OPS = NORM_OPS + ("Softmax",)
 
 
+def name_nodes(graph) -> None:
+    """Give nameless nodes a unique name: the converter and the quantizer select nodes by name."""
+    for i, n in enumerate(graph.node):
+        if not n.name:
+            n.name = f"{n.op_type}_{i}"
+
+
+def save(model, path: Path, external_data: bool) -> None:
+    """Save with the weights in ``<name>.data`` next to the model when they must be external (> 2 GB)."""
+    require("onnx").save_model(model, str(path), save_as_external_data=external_data, all_tensors_to_one_file=True,
+                               location=path.name + ".data", size_threshold=1024)
+
+
 def head_nodes(graph) -> list[str]:
     """Names of the nodes after the last normalization: pooling, heads and score layers stay fp32."""
     last = max((i for i, n in enumerate(graph.node) if n.op_type in NORM_OPS), default=None)
@@ -36,9 +49,7 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
     onnx = require("onnx")
     float16 = require("onnxruntime.transformers.float16")
     model = onnx.load(str(src))
-    for i, n in enumerate(model.graph.node):  # the converter blocks nodes by name: give nameless ones a name
-        if not n.name:
-            n.name = f"{n.op_type}_{i}"
+    name_nodes(model.graph)
     kept = Counter(n.op_type for n in model.graph.node if n.op_type in FP32_OPS)
     casts_before = sum(n.op_type == "Cast" for n in model.graph.node)  # the converter may work in place
     heads = head_nodes(model.graph)
@@ -48,11 +59,7 @@ def convert_fp16(src: Path, dst: Path, *, external_data: bool) -> dict:
     # stale ones make ONNX shape inference (and the TensorRT lint) fail: drop them
     del model16.graph.value_info[:]
     _drop_repeated_casts(model16.graph)
-    if external_data:
-        onnx.save_model(model16, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model16, str(dst))
+    save(model16, dst, external_data)
     return {"converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
             "fp32_ops": dict(kept), "fp32_head_nodes": len(heads),
             "casts_added": sum(n.op_type == "Cast" for n in model16.graph.node) - casts_before}

@@ -57,10 +57,15 @@ def _save(model_ir, out_dir: Path, external: bool) -> list[str]:
     return [MODEL]
 
 
+def model_files(out_dir: Path) -> list[str]:
+    """The model file and its external data, as a builder left them in ``out_dir``."""
+    return sorted(p.name for p in out_dir.iterdir() if p.name == MODEL or p.name.startswith(MODEL + "."))
+
+
 def build_onnx(family, exported, out_dir: Path, log=print) -> BuildResult:
     for name in exported.files:
         shutil.copyfile(exported.path.parent / name, out_dir / name)
-    return BuildResult(files=list(exported.files), info={"graph": "as exported (dynamo, opset 18)"})
+    return BuildResult(files=list(exported.files), info={"graph": f"as exported (dynamo, opset 18, {exported.dtype})"})
 
 
 def fuse(exported, out_dir: Path, family, log=print) -> BuildResult:
@@ -77,7 +82,7 @@ def fuse(exported, out_dir: Path, family, log=print) -> BuildResult:
     fired = {k: int(v) for k, v in counts.items() if v and k in REPORTED_FUSIONS}
     log(f"fused for ONNX Runtime in {time.perf_counter() - start:.1f}s: "
         + (", ".join(f"{k} x{v}" for k, v in fired.items()) or "no fusion fired"))
-    dtype = family.variant.get("export_dtype", "fp32")
+    dtype = exported.dtype
     if dtype == "bf16":  # no bf16 kernels on ONNX Runtime CPU; the GPU parity tests check these graphs
         check = {"skipped": "bf16 graphs do not run on ONNX Runtime CPU"}
     else:
@@ -120,7 +125,7 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     shutil.rmtree(fused_dir)
-    files = sorted(p.name for p in out_dir.iterdir() if p.name.startswith(MODEL))
+    files = model_files(out_dir)
     size = sum((out_dir / f).stat().st_size for f in files) / 1e6
     log(f"quantized to int8 in {time.perf_counter() - start:.1f}s ({size:.1f} MB); accuracy is checked by parity")
     return BuildResult(files=files, info={**fused.info, "quantization": INT8_SETTINGS})

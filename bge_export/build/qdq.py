@@ -4,9 +4,10 @@ Only the weight MatMuls that tolerate int8 are quantized: the attention projecti
 Left in float: activation x activation MatMuls (Q.K^T and P.V), the feed-forward MatMuls, and everything after
 the last normalization (pooling and heads). NVIDIA's BERT recipe keeps only the FFN down-projection in float
 (its input, the activation output, has outliers); on the real all-MiniLM-L6-v2 weights that still gave a mean
-cosine of 0.987 to fp32, while leaving the FFN-up projections in float too gave 0.996 (270-passage corpus). Zero points are all zero (TensorRT supports symmetric quantization only);
-weights are per output channel; activations are calibrated with MinMax on representative text padded to one fixed
-length (the histogram calibrators crash on ragged batches).
+cosine of 0.987 to fp32, while leaving the FFN-up projections in float too gave 0.996 (270-passage corpus).
+Zero points are all zero (TensorRT supports symmetric quantization only); weights are per output channel;
+activations are calibrated with MinMax on representative text padded to one fixed length (the histogram
+calibrators crash on ragged batches).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_export.build.half import head_nodes
+from bge_export.build.half import head_nodes, name_nodes, save
 from bge_export.checkpoint import load_tokenizer
 from runtimes._optional import require
 
@@ -73,20 +74,10 @@ def quantize_qdq(family, src: Path, dst: Path, texts: list[str], *, external_dat
     onnx = require("onnx")
     quant = require("onnxruntime.quantization")
     start = time.perf_counter()
-    model = onnx.load(str(src), load_external_data=False)
-    for i, n in enumerate(model.graph.node):  # node selection is by name
-        if not n.name:
-            n.name = f"{n.op_type}_{i}"
+    model = onnx.load(str(src))
+    name_nodes(model.graph)  # node selection is by name
     named = dst.parent / "_named.onnx"
-    onnx.save_model(model, str(named))  # external data (if any) stays in src's folder: point at it
-    if external_data:
-        named.unlink()
-        model = onnx.load(str(src))
-        for i, n in enumerate(model.graph.node):
-            if not n.name:
-                n.name = f"{n.op_type}_{i}"
-        onnx.save_model(model, str(named), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="_named.onnx.data", size_threshold=1024)
+    save(model, named, external_data)
     chosen, skipped = select_matmuls(model, family.ckpt.config.get("intermediate_size"))
     names = [s.name for s in family.inputs()]
     batches = calibration_feeds(family, texts, names)

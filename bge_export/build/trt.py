@@ -13,9 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from bge_export.build.ort import BuildResult
+from bge_export.build.ort import MODEL, BuildResult
 from bge_export.errors import BuildError, MissingDependencyError, UnsupportedTargetError
-from runtimes._optional import require
+from runtimes._optional import available, require
 
 PLAN = "model.plan"
 DEFAULT_MAX_BATCH = 64
@@ -73,8 +73,6 @@ ONNX_OF_TRT = {"trt-fp16": "--target onnx-fp16", "trt-int8": "--target onnx-int8
 def check_can_build(target: str, family, options: dict) -> None:
     """Valid profile options, TensorRT and a visible GPU, before anything is exported; without TensorRT the
     error names the TensorRT-free target that builds the same ONNX."""
-    from runtimes._optional import available
-
     profiles_for(family, options)
     if not available("tensorrt"):
         raise MissingDependencyError(
@@ -85,6 +83,7 @@ def check_can_build(target: str, family, options: dict) -> None:
 
 
 def profiles_for(family, options: dict) -> list[dict]:
+    """The profiles of ``family`` from the build options (``max_batch``, ``sequence_buckets``, ``opt_batch``)."""
     inputs = [{"name": s.name, "axes": list(s.axes)} for s in family.inputs()]
     max_batch = options.get("max_batch")
     return plan_profiles(inputs, family.max_sequence_length(),
@@ -152,15 +151,14 @@ def build_engine(onnx_path: Path, plan_path: Path, profiles: list[dict], *, timi
             "build_seconds": round(seconds, 1)}
 
 
-def _build(stage, family, exported, out_dir: Path, log, *, max_batch=None, sequence_buckets=None, opt_batch=None,
-           timing_cache=None, optimization_level=3, workspace_gb=None) -> BuildResult:
+def _build(stage, family, exported, out_dir: Path, log, *, timing_cache=None, optimization_level=3,
+           workspace_gb=None, **profile_options) -> BuildResult:
     typed = stage(family, exported, out_dir, log)
-    profiles = profiles_for(family, {"max_batch": max_batch, "sequence_buckets": sequence_buckets,
-                                     "opt_batch": opt_batch})
-    record = build_engine(out_dir / "model.onnx", out_dir / PLAN, profiles,
+    profiles = profiles_for(family, profile_options)
+    record = build_engine(out_dir / MODEL, out_dir / PLAN, profiles,
                           timing_cache=Path(timing_cache) if timing_cache else None,
                           optimization_level=optimization_level, workspace_gb=workspace_gb, log=log)
-    engine = {"file": PLAN, "onnx": "model.onnx", "providers": [], "profiles": profiles, **record}
+    engine = {"file": PLAN, "onnx": MODEL, "providers": [], "profiles": profiles, **record}
     return BuildResult(files=typed.files + [PLAN], info={**typed.info, "tensorrt": record}, engine=engine)
 
 

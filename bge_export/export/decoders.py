@@ -13,7 +13,6 @@ holds these modules to FlagEmbedding's own classes.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,7 +396,3 @@ class CompressedScorer(nn.Module):
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))

@@ -79,6 +79,14 @@ class Family:
         """Statistics of the runtime ``model`` against the bundle's stored reference sample."""
         raise NotImplementedError
 
+    # True where the family exports its half-precision graphs from its own implementation (which keeps norms,
+    # RoPE and softmax fp32) instead of converting an fp32 export with ONNX Runtime's generic converter
+    half_export: ClassVar[bool] = False
+
+    def export_dtype(self) -> str:
+        """The weight dtype of this family object's export (fp32 unless its variant says otherwise)."""
+        return self.variant.get("export_dtype", "fp32")
+
     def half_dtype(self) -> str:
         """The 16-bit type of this family's GPU engines (the decoders override it: bf16 for Gemma)."""
         return "fp16"

@@ -43,6 +43,7 @@ class DecoderFamily(Family, abstract=True):
     targets = CPU_TARGETS + GPU_TARGETS + ("trt-bf16",)
     export_module_is_reference = True  # our own implementation: the export check reuses the exported module
     ort_fusions = "decoder"  # norms only; attention stays unfused (build/ort.py)
+    half_export = True  # fp16 / bf16 graphs come from --export-dtype (build/half.py)
     model_types: tuple[str, ...] = ()
     variant_keys: tuple[str, ...] = ("export_dtype",)
 

@@ -95,13 +95,16 @@ class OrtBackend(Backend):
                 "CUDA / cuDNN libraries (pip install 'onnxruntime-gpu[cuda,cudnn]') and that a GPU is visible")
         self.input_dtypes = {spec["name"]: np.dtype(spec.get("dtype", "int64")) for spec in inputs}
         self._bound: dict[tuple[int, int], tuple] = {}
-        self.runs = {"calls": 0, "buckets": 0}
+
+    @property
+    def bound_buckets(self) -> int:
+        """How many shape buckets have their buffers (and, with CUDA graphs, a captured graph)."""
+        return len(self._bound)
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.io_binding:
             values = self.session.run(self.output_names, feeds)
             return dict(zip(self.output_names, values))
-        self.runs["calls"] += 1
         n, length = self.batch_and_length(feeds)
         shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets \
             else (n, length)
@@ -150,5 +153,4 @@ class OrtBackend(Backend):
         entry = (binding, inputs, outputs, run_options)
         if key is not None:
             self._bound[key] = entry
-            self.runs["buckets"] = len(self._bound)
         return entry
