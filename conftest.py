@@ -10,6 +10,8 @@ import importlib.util  # noqa: E402
 
 import pytest  # noqa: E402
 
+from runtimes._optional import GPU_INSTALL  # noqa: E402
+
 
 def _has_cuda() -> bool:
     try:
@@ -27,4 +29,5 @@ def pytest_collection_modifyitems(config, items):
         if "trt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="TensorRT is not installed (pip install 'bge-export[trt]' on an NVIDIA machine)"))
         if "gpu" in item.keywords and not has_cuda:
-            item.add_marker(pytest.mark.skip(reason="no CUDA provider in onnxruntime (needs an NVIDIA GPU and bge-export[gpu])"))
+            item.add_marker(pytest.mark.skip(reason="no CUDA provider in onnxruntime (needs an NVIDIA GPU and the GPU build: "
+                                                  f"{GPU_INSTALL})"))

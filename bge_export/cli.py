@@ -24,7 +24,7 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
   bge-export --model BAAI/bge-m3 --target trt-fp16 --trt-seq-buckets 128,512,2048 --out bundles/m3-trt
   bge-export lint bundles/m3-onnx-fp16 --target trt  # what would stop or slow a TensorRT build (no TensorRT needed)
   bge-export --model BAAI/bge-reranker-v2-minicpm-layerwise --cutoff-layers 28,40 --out bundles/lw
-  bge-export --model BAAI/bge-reranker-v2.5-gemma2-lightweight --cutoff-layers 28 \
+  bge-export --model BAAI/bge-reranker-v2.5-gemma2-lightweight --cutoff-layers 28 \\
              --compress-ratio 2 --compress-layers 24,40 --out bundles/light
 
 --model takes a checkpoint folder or a hub id that is already in the local Hugging Face cache

@@ -40,6 +40,22 @@ def test_io_binding_with_shape_buckets_matches_plain_runs(bundle, family):
     np.testing.assert_array_equal(bound_again, bound)
 
 
+def test_io_binding_model_shared_between_threads(bundle):
+    """Bound buffers are reused per bucket, so calls on one model from several threads must not interleave:
+    every thread gets its own texts' vectors (batches of 3 and 4 rows share the 4-row bucket)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = runtimes.load(bundle("minilm-real", "ort-cpu").bundle,
+                          backend_options={"io_binding": True, "buckets": True, "intra_op_num_threads": 1})
+    batches = [[f"{word} number {i}" for i in range(n)] for word, n in
+               (("apple", 3), ("river", 4), ("中文", 3), ("piano", 4))]
+    want = [model.encode(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [(k, pool.submit(model.encode, batches[k])) for k in range(len(batches)) for _ in range(12)]
+        for k, job in jobs:
+            np.testing.assert_array_equal(job.result(), want[k])
+    assert model.backend.exclusive
+
 @pytest.mark.parametrize("family", list(ONE_CASE_PER_FAMILY))
 def test_tensorrt_lint_passes_our_graphs(exported, bundle, family):
     """Every family's exported graph and the graphs trt-* compile are parseable by TensorRT; the fused ORT graph

@@ -94,10 +94,19 @@ def test_missing_head_file_is_refused(checkpoint_dir, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("bad, needle", [([], "is empty"), (None, "pair"), ([["q", None]], "must be str")])
+@pytest.mark.parametrize("bad, needle", [([], "is empty"), (None, "pair"), ([["q", None]], "must be str"),
+                                        ([("q", "p", "x")], "pair of two str"), ([("q",)], "pair of two str"),
+                                        ("one string", "got str"), (5, "got int")])
 def test_compute_score_bad_pairs(m3, bad, needle):
     with pytest.raises(runtimes.InputError, match=needle):
         runtimes.load(m3.bundle).compute_score(bad)
+
+
+@pytest.mark.parametrize("bad, needle", [(None, "str or a list of str"), ([], "is empty"),
+                                        ([1], r"sentences\[0\] is int"), (["a", None], r"sentences\[1\] is NoneType")])
+def test_encode_bad_inputs(m3, bad, needle):
+    with pytest.raises(runtimes.InputError, match=needle):
+        runtimes.load(m3.bundle).encode(bad, **ALL)
 
 
 def test_encode_needs_one_head(m3):

@@ -23,6 +23,11 @@ _EXTRAS = {
     "matplotlib": ("dev", "benchmark plots"),
 }
 
+# ONNX Runtime's CPU and GPU packages install into the same `onnxruntime/` folder, and the runtime depends on the
+# CPU one: the GPU package goes in last, over it. [cuda,cudnn] brings the CUDA 13 libraries (cuBLAS via cudnn).
+GPU_INSTALL = ("pip install 'bge-export[gpu]' && pip uninstall -y onnxruntime "
+               "&& pip install --force-reinstall --no-deps 'onnxruntime-gpu>=1.31'")
+
 
 def require(module: str) -> ModuleType:
     """Import ``module`` or raise MissingDependencyError with the install command."""

@@ -1,6 +1,8 @@
 """ONNX Runtime targets: onnx (as exported), ort-cpu (fused fp32), ort-cpu-int8 (dynamic int8)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,6 +16,23 @@ DATA = "model.onnx.data"
 # Fusions onnxscript reports that matter on ONNX Runtime CPU (the rest are intermediate rewrite steps).
 REPORTED_FUSIONS = ("attention", "skip_layer_normalization", "bias_gelu", "erf_gelu", "gelu", "rms_normalization",
                     "skip_rms_normalization")
+
+
+class _PreprocessHintFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """ONNX Runtime's quantizers log a root-logger hint to run their pre-processing (shape inference and graph
+    optimization) first. Our graphs are already fused and shape-inferred, so it is noise in the build output."""
+    root, hint_filter = logging.getLogger(), _PreprocessHintFilter()
+    root.addFilter(hint_filter)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint_filter)
 
 
 def decoder_fusions(model, half: bool = False):
@@ -117,13 +136,14 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
     del proto.graph.value_info[:]
     onnx.save(proto, str(fused_dir / MODEL))
     start = time.perf_counter()
-    quant.quantize_dynamic(
-        str(fused_dir / MODEL), str(out_dir / MODEL),
-        per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
-        weight_type=quant.QuantType.QInt8, op_types_to_quantize=INT8_SETTINGS["op_types_to_quantize"],
-        use_external_data_format=exported.external_data,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with quiet_quantizer():
+        quant.quantize_dynamic(
+            str(fused_dir / MODEL), str(out_dir / MODEL),
+            per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
+            weight_type=quant.QuantType.QInt8, op_types_to_quantize=INT8_SETTINGS["op_types_to_quantize"],
+            use_external_data_format=exported.external_data,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     shutil.rmtree(fused_dir)
     files = model_files(out_dir)
     size = sum((out_dir / f).stat().st_size for f in files) / 1e6

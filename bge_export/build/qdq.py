@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bge_export.build.half import head_nodes, name_nodes, save
+from bge_export.build.ort import quiet_quantizer
 from bge_export.checkpoint import load_tokenizer
 from runtimes._optional import require
 
@@ -89,14 +90,15 @@ def quantize_qdq(family, src: Path, dst: Path, texts: list[str], *, external_dat
         def get_next(self):
             return next(self.it, None)
 
-    quant.quantize_static(
-        str(named), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-        nodes_to_quantize=chosen, per_channel=True, reduce_range=False, activation_type=quant.QuantType.QInt8,
-        weight_type=quant.QuantType.QInt8, calibrate_method=quant.CalibrationMethod.MinMax,
-        use_external_data_format=external_data,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
-    )
+    with quiet_quantizer():
+        quant.quantize_static(
+            str(named), str(dst), Reader(), quant_format=quant.QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=chosen, per_channel=True, reduce_range=False, activation_type=quant.QuantType.QInt8,
+            weight_type=quant.QuantType.QInt8, calibrate_method=quant.CalibrationMethod.MinMax,
+            use_external_data_format=external_data,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+        )
     for p in dst.parent.glob("_named.onnx*"):
         p.unlink()
     log(f"QDQ int8: {len(chosen)} MatMuls quantized, kept float: "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -31,7 +32,12 @@ class Backend(ABC):
 
     ``padding`` says how to pad feeds further when a backend runs fixed shape buckets: the runtime's tokenizer
     (its current ``padding_side`` and ``pad_token_id``, read at each call, so a side changed by the user or a
-    family applies), or None for right padding with zeros. ``max_length``: the model's position limit."""
+    family applies), or None for right padding with zeros. ``max_length``: the model's position limit.
+
+    A backend that reuses fixed buffers between calls sets ``exclusive``: its calls then run one at a time, so a
+    model object stays safe to share between threads."""
+
+    exclusive = False
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
                  padding=None, max_length: int | None = None):
@@ -42,6 +48,7 @@ class Backend(ABC):
         self.output_names = [o["name"] for o in outputs]
         self.padding = padding
         self.max_length = max_length
+        self._lock = threading.Lock()
 
     @property
     def padding_side(self) -> str:
@@ -54,7 +61,11 @@ class Backend(ABC):
         for spec in self.input_specs:
             if spec["name"] not in feeds:
                 raise InputError(f"missing engine input '{spec['name']}' (expected {[s['name'] for s in self.input_specs]})")
-        return self._infer_impl({s["name"]: feeds[s["name"]] for s in self.input_specs})
+        feeds = {s["name"]: feeds[s["name"]] for s in self.input_specs}
+        if not self.exclusive:
+            return self._infer_impl(feeds)
+        with self._lock:
+            return self._infer_impl(feeds)
 
     @abstractmethod
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtimes._optional import require
+from runtimes._optional import GPU_INSTALL, require
 from runtimes.backends.base import Backend
 from runtimes.errors import IncompatibleBundleError, InputError
 
@@ -70,11 +70,13 @@ class OrtBackend(Backend):
         if missing:
             raise IncompatibleBundleError(
                 f"this bundle needs ONNX Runtime providers {missing}, but this onnxruntime has {have}; "
-                "install bge-export[gpu] on a CUDA machine, or rebuild the bundle with --target ort-cpu")
+                f"on a CUDA machine install the GPU build with `{GPU_INSTALL}`, or rebuild the bundle with "
+                "--target ort-cpu")
         self.device = "cuda" if wanted[0] == CUDA else "cpu"
         self.device_id = int(device_id)
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
         self.buckets = self.io_binding if buckets is None else bool(buckets)
+        self.exclusive = self.io_binding  # bound buffers are shared between calls; plain session.run is thread-safe
         self.cuda_graph = bool(cuda_graph)
         if self.cuda_graph and not (self.device == "cuda" and self.io_binding and self.buckets):
             raise InputError("cuda_graph=True needs a CUDA bundle with io_binding and buckets on")
@@ -92,7 +94,7 @@ class OrtBackend(Backend):
         if self.session.get_providers()[0] != wanted[0]:  # ORT falls back to CPU silently when CUDA fails to load
             raise IncompatibleBundleError(
                 f"ONNX Runtime could not start {wanted[0]} (running on {self.session.get_providers()}); check the "
-                "CUDA / cuDNN libraries (pip install 'onnxruntime-gpu[cuda,cudnn]') and that a GPU is visible")
+                f"CUDA / cuDNN libraries (`{GPU_INSTALL}` installs them) and that a GPU is visible")
         self.input_dtypes = {spec["name"]: np.dtype(spec.get("dtype", "int64")) for spec in inputs}
         self._bound: dict[tuple[int, int], tuple] = {}
 

@@ -3,8 +3,8 @@
 A plan is tied to the TensorRT version and the GPU's compute capability it was built with; loading checks
 both against the manifest and names the mismatch. Each optimization profile covers a range of sequence
 lengths up to a largest batch; a call runs on the profile whose range holds its length (one execution context
-per profile, created on first use) and is split into chunks of at most that batch. Not thread-safe: use one
-model object per thread.
+per profile, created on first use) and is split into chunks of at most that batch. The contexts share one
+activation buffer, so calls from several threads run one at a time.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def pick_profile(profiles: list[dict], length: int) -> int:
 
 
 class TrtBackend(Backend):
+    exclusive = True  # one stream, one shared activation buffer
+
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  device_id: int = 0, **options):
         if options:
