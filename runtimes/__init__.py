@@ -28,6 +28,11 @@ RUNTIME_APIS = {
     "FlagICLModel": "runtimes.llm:ICLEmbedderModel",
 }
 
+# FlagEmbedding constructor arguments that are decided when a bundle is built (precision, device, pooling, the
+# checkpoint and its heads): passing one to runtimes.load gets an error that says what the bundle has.
+BUILT_INTO_THE_BUNDLE = ("model_name_or_path", "use_fp16", "use_bf16", "devices", "pooling_method",
+                         "trust_remote_code", "cache_dir", "peft_path", "colbert_dim")
+
 
 def open_bundle(path, *, verify: bool = True):
     from runtimes.bundle import open_bundle as _open
@@ -57,6 +62,15 @@ def load(path: str | Path, *, verify: bool = True, **options):
         )
     module, cls = RUNTIME_APIS[api].split(":")
     model_cls = getattr(importlib.import_module(module), cls)
+    fixed = [name for name in options if name in BUILT_INTO_THE_BUNDLE]
+    if fixed:
+        m = bundle.manifest
+        has = [f"target {m.target}", f"precision {m.precision}"] + [f"{k} {v}" for k, v in
+                                                                   m.data.get("variant", {}).items()]
+        raise InputError(
+            f"runtimes.load(): {', '.join(fixed)}: FlagEmbedding constructor option(s) that a bundle fixes when it "
+            f"is built (this bundle: {', '.join(has)}); drop them here, or build another bundle with the "
+            "setting you want (bge-export --help lists the targets and export options)")
     try:
         inspect.signature(model_cls).bind(bundle, **options)
     except TypeError as exc:

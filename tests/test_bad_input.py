@@ -209,8 +209,12 @@ def test_encode_rejects_bad_options(built, kwargs, needle):
 def test_load_rejects_bad_options(built):
     with pytest.raises(runtimes.InputError, match="truncate_dim"):
         runtimes.load(built, truncate_dim=10_000)
-    with pytest.raises(runtimes.InputError, match="unexpected keyword"):
-        runtimes.load(built, pooling_method="mean")
+    with pytest.raises(runtimes.InputError, match="unexpected keyword argument 'pooling'"):
+        runtimes.load(built, pooling="mean")
+    # FlagModel's own constructor options that a bundle fixes at build time: the error says what it has
+    with pytest.raises(runtimes.InputError, match=r"use_fp16, pooling_method: .* fixes when it is built "
+                                                  r"\(this bundle: target onnx, precision fp32, .*pooling cls"):
+        runtimes.load(built, use_fp16=True, pooling_method="mean")
     with pytest.raises(runtimes.BundleError, match="str or Path"):
         runtimes.load(42)
 
