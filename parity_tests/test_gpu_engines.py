@@ -56,6 +56,30 @@ def test_io_binding_model_shared_between_threads(bundle):
             np.testing.assert_array_equal(job.result(), want[k])
     assert model.backend.exclusive
 
+
+def test_io_binding_results_are_not_views_on_the_bound_buffers(bundle):
+    """A result must survive the next call in the same bucket: a CPU OrtValue's numpy() is a view on the bound
+    buffer, so unpad_output hands back a copy."""
+    model = runtimes.load(bundle("minilm-real", "ort-cpu").bundle, backend_options={"io_binding": True})
+    backend = model.backend
+
+    def feeds(first_id):
+        ids = np.full((2, 8), 100, dtype=np.int64)
+        ids[:, 0] = 101
+        ids[:, 1] = first_id
+        return {s["name"]: (ids if s["name"] == "input_ids" else
+                            np.ones_like(ids) if s["name"] == "attention_mask" else np.zeros_like(ids))
+                for s in backend.input_specs}
+
+    first = backend.infer(feeds(2000))
+    kept = {k: v.copy() for k, v in first.items()}
+    second = backend.infer(feeds(3000))
+    assert backend.bound_buckets == 1
+    assert not all(np.array_equal(second[k], kept[k]) for k in kept)  # different inputs, different outputs
+    for k in kept:
+        np.testing.assert_array_equal(first[k], kept[k])
+
+
 @pytest.mark.parametrize("family", list(ONE_CASE_PER_FAMILY))
 def test_tensorrt_lint_passes_our_graphs(exported, bundle, family):
     """Every family's exported graph and the graphs trt-* compile are parseable by TensorRT; the fused ORT graph
