@@ -520,11 +520,16 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
                     r["speedup_vs_optimum"] = opt["median_ms"] / r["median_ms"] if opt else None
             rows += cell
             best = max((r for r in cell if r["mode"] == "e2e"), key=lambda r: r["tokens_per_s"])
-            checks = ", ".join(f"{r['contender'].removeprefix('bge-export ').split(' (')[0]} {r['mode']} max|d| {r['check_max_abs']:.2e}"
+            checks = ", ".join(f"{short_name(r['contender'])} {r['mode']} max|d| {r['check_max_abs']:.2e}"
                                for r in cell if "check_max_abs" in r)
             log(f"batch {b:>3} x {s:>3} tokens: fastest e2e {best['contender']} {best['median_ms']:.1f} ms"
                 + (f"; vs FlagEmbedding: {checks}" if checks else ""))
     return rows, env
+
+
+def short_name(contender: str) -> str:
+    """'bge-export ort-cpu' -> 'ort-cpu', 'optimum ONNX export (ORT CPU)' -> 'optimum ONNX export'."""
+    return contender.removeprefix("bge-export ").split(" (")[0]
 
 
 MODE_ORDER = ("e2e", "e2e-queries", "engine")
