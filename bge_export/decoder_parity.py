@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_export.parity import cosine_rows, gate, load_for_parity, quiet_stderr, rel_spread_error, rerank_pairs, spearman
+from bge_export.parity import (SCALE_FLOOR, cosine_rows, gate, load_for_parity, quiet_stderr, rel_spread_error,
+                               rerank_pairs, scaled_error, spearman, spread)
 
 QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
 ICL_EXAMPLES = [
@@ -80,19 +81,19 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
     got = rows(model.compute_score(everything), len(everything))
     got_short = rows(model.compute_score(edge_pairs, max_length=32), len(edge_pairs))
     r, g = np.concatenate([ref, ref_short], axis=1), np.concatenate([got, got_short], axis=1)
-    spread = max(float(r.max() - r.min()), 1e-12)
     ref_edge = ref[:, len(pairs):]
     values = {"max_abs_rel_spread": rel_spread_error(r, g), "max_abs": float(np.abs(r - g).max()),
-              "score_spread": spread, "spearman": min(spearman(a, b) for a, b in zip(r, g)),
+              "score_spread": spread(r), "spearman": min(spearman(a, b) for a, b in zip(r, g)),
               "reference_self_max_abs": float(np.abs(ref_single - ref_edge[:, :8]).max())}
-    notes = {"score_spread": "max - min of the reference scores", "max_abs_rel_spread": "max |ref - bundle| / spread",
+    notes = {"score_spread": "max - min of the reference scores",
+             "max_abs_rel_spread": f"max |ref - bundle| / max(spread, {SCALE_FLOOR:g})",
              "reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"}
     if not family.right_padding_only:
         side = model.tokenizer.padding_side
         model.tokenizer.padding_side = "left" if side == "right" else "right"
         flipped = rows(model.compute_score(everything), len(everything))
         model.tokenizer.padding_side = side
-        values["padding_side_max_abs_rel_spread"] = float(np.abs(flipped - got).max() / spread)
+        values["padding_side_max_abs_rel_spread"] = scaled_error(got, flipped, spread(r))
         notes["padding_side_max_abs_rel_spread"] = "the bundle with left vs right padding"
     checks += gate(family.name, "score", precision, values, notes)
     golden = {"pairs": edge_pairs, "reference": ref_edge[0] if len(ref_edge) == 1 else ref_edge,

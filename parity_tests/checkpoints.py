@@ -79,7 +79,7 @@ def not_a_bge_checkpoint(folder: Path) -> Path:
 
 
 def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3, vocab_size=None,
-                       initializer_range=0.5) -> Path:
+                       initializer_range=0.5, max_positions=514) -> Path:
     """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
     import torch
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
@@ -88,7 +88,7 @@ def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermedia
     vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
     torch.manual_seed(seed)
     cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=intermediate, max_position_embeddings=514, type_vocab_size=1,
+                           intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range,
                            num_labels=1)
     XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(str(folder))

@@ -92,12 +92,13 @@ def bundle(checkpoint_dir, exported, tmp_path_factory):
 
 SUMMARY_COLUMNS = {  # family -> (output, metric) columns of its summary table
     "encoder": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"), ("dense", "top10_overlap"),
+                ("dense", "recall@10_reference"), ("dense", "recall@10"), ("dense", "mrr_reference"), ("dense", "mrr"),
                 ("dense", "reference_self_max_abs")],
-    "cross-encoder": [("score", "max_abs"), ("score", "max_abs_rel_spread"), ("score", "score_spread"), ("score", "spearman"),
-                      ("score", "reference_self_max_abs")],
+    "cross-encoder": [("score", "max_abs"), ("score", "score_spread"), ("score", "max_abs_rel_spread"),
+                      ("score", "spearman"), ("score", "reference_self_max_abs")],
     "m3": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"), ("sparse", "max_abs"),
-           ("sparse", "top10_key_overlap"), ("colbert", "max_abs"), ("colbert", "cosine_mean"), ("scores", "max_abs"),
-           ("scores", "spearman")],
+           ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"), ("colbert", "max_abs_rel_norm"),
+           ("colbert", "cosine_mean"), ("scores", "max_abs"), ("scores", "max_abs_rel_spread"), ("scores", "spearman")],
     **{f: [("score", "max_abs_rel_spread"), ("score", "max_abs"), ("score", "score_spread"), ("score", "spearman"),
            ("score", "padding_side_max_abs_rel_spread"), ("score", "reference_self_max_abs")]
        for f in ("llm-reranker", "layerwise-reranker", "compressed-reranker")},

@@ -14,7 +14,9 @@ from runtimes.errors import BgeError, BundleError, IncompatibleBundleError, Inpu
 
 __version__ = "0.1.0"
 __all__ = ["load", "open_bundle", "BgeError", "BundleError", "IncompatibleBundleError", "InputError",
-           "MissingDependencyError", "RUNTIME_APIS"]
+           "MissingDependencyError", "RUNTIME_APIS", "FlagModel", "FlagReranker", "BGEM3FlagModel", "FlagLLMReranker",
+           "LayerWiseFlagLLMReranker", "LightWeightFlagLLMReranker", "FlagLLMModel", "FlagICLModel", "FlagAutoModel",
+           "FlagAutoReranker"]
 
 # the FlagEmbedding API a bundle's manifest names -> the class that serves it ("module:Class")
 RUNTIME_APIS = {
@@ -28,10 +30,16 @@ RUNTIME_APIS = {
     "FlagICLModel": "runtimes.llm:ICLEmbedderModel",
 }
 
-# FlagEmbedding constructor arguments that are decided when a bundle is built (precision, device, pooling, the
-# checkpoint and its heads): passing one to runtimes.load gets an error that says what the bundle has.
-BUILT_INTO_THE_BUNDLE = ("model_name_or_path", "use_fp16", "use_bf16", "devices", "pooling_method",
-                         "trust_remote_code", "cache_dir", "peft_path", "colbert_dim")
+# FlagEmbedding's class names, served by runtimes.flag_api (``from runtimes import FlagModel``)
+DROP_IN = tuple(RUNTIME_APIS) + ("FlagAutoModel", "FlagAutoReranker")
+
+
+def __getattr__(name: str):
+    if name in DROP_IN:  # lazily: the runtime classes load numpy and tokenizers
+        from runtimes import flag_api
+
+        return getattr(flag_api, name) if name.startswith("FlagAuto") else flag_api.dropin(name)
+    raise AttributeError(f"module 'runtimes' has no attribute '{name}'")
 
 
 def open_bundle(path, *, verify: bool = True):
@@ -40,21 +48,38 @@ def open_bundle(path, *, verify: bool = True):
     return _open(path, verify=verify)
 
 
-def load(path: str | Path, *, verify: bool = True, **options):
-    """Open a bundle and return the model object with its family's FlagEmbedding API.
-
-    ``options`` are the FlagEmbedding constructor arguments (``batch_size``, ``max_length``,
-    ``normalize_embeddings``, ``query_instruction_for_retrieval``, ``truncate_dim``, ...).
-    """
+def open_checked(path, *, verify: bool = True):
+    """open_bundle, plus a RuntimeWarning when the bundle failed parity at build time."""
     bundle = open_bundle(path, verify=verify)
-    api = bundle.manifest.runtime.get("api")
     parity = bundle.manifest.parity
     if parity is not None and not parity.get("passed", False):
         import warnings
 
         failed = [f"{c['metric']}={c['value']:.4g}" for c in parity.get("checks", []) if not c.get("passed", True)]
         warnings.warn(f"bundle {bundle.path} FAILED parity against {parity.get('reference')} at build time "
-                      f"({', '.join(failed)}); its outputs may differ from FlagEmbedding", RuntimeWarning, stacklevel=2)
+                      f"({', '.join(failed)}); its outputs may differ from FlagEmbedding", RuntimeWarning, stacklevel=3)
+    from runtimes.cpu import int8_mismatch
+
+    why = int8_mismatch(bundle.manifest.data.get("build", {}).get("quantization"))
+    if why:
+        import warnings
+
+        warnings.warn(f"bundle {bundle.path}: {why}", RuntimeWarning, stacklevel=3)
+    return bundle
+
+
+def load(path: str | Path, *, verify: bool = True, **options):
+    """Open a bundle and return the model object with its family's FlagEmbedding API.
+
+    ``options`` are the FlagEmbedding constructor arguments (``batch_size``, ``max_length``,
+    ``normalize_embeddings``, ``query_instruction_for_retrieval``, ``truncate_dim``, ...). Options a bundle fixed
+    when it was built (``use_fp16``, ``devices``, ``pooling_method``, ...) are accepted with a warning where they
+    cannot change its result and refused where they contradict it (runtimes.options).
+    """
+    from runtimes.options import split_options
+
+    bundle = open_checked(path, verify=verify)
+    api = bundle.manifest.runtime.get("api")
     if api not in RUNTIME_APIS:
         raise IncompatibleBundleError(
             f"bundle API '{api}' (family {bundle.manifest.family}) has no runtime in this version (have: "
@@ -62,15 +87,7 @@ def load(path: str | Path, *, verify: bool = True, **options):
         )
     module, cls = RUNTIME_APIS[api].split(":")
     model_cls = getattr(importlib.import_module(module), cls)
-    fixed = [name for name in options if name in BUILT_INTO_THE_BUNDLE]
-    if fixed:
-        m = bundle.manifest
-        has = [f"target {m.target}", f"precision {m.precision}"] + [f"{k} {v}" for k, v in
-                                                                   m.data.get("variant", {}).items()]
-        raise InputError(
-            f"runtimes.load(): {', '.join(fixed)}: FlagEmbedding constructor option(s) that a bundle fixes when it "
-            f"is built (this bundle: {', '.join(has)}); drop them here, or build another bundle with the "
-            "setting you want (bge-export --help lists the targets and export options)")
+    options = split_options(bundle, options, "runtimes.load()")
     try:
         inspect.signature(model_cls).bind(bundle, **options)
     except TypeError as exc:

@@ -211,10 +211,17 @@ def test_load_rejects_bad_options(built):
         runtimes.load(built, truncate_dim=10_000)
     with pytest.raises(runtimes.InputError, match="unexpected keyword argument 'pooling'"):
         runtimes.load(built, pooling="mean")
-    # FlagModel's own constructor options that a bundle fixes at build time: the error says what it has
-    with pytest.raises(runtimes.InputError, match=r"use_fp16, pooling_method: .* fixes when it is built "
-                                                  r"\(this bundle: target onnx, precision fp32, .*pooling cls"):
+    # FlagModel's own constructor options that a bundle fixes at build time: a contradicting one is refused with
+    # what the bundle runs; inert ones (use_fp16 on a CPU bundle: FlagEmbedding computes fp32 on CPU) warn once
+    with pytest.raises(runtimes.InputError, match=r"pooling_method='mean' \(the bundle pools with 'cls'.*this "
+                                                  r"bundle runs fp32 on CPU \(target onnx, .*pooling cls\)"):
         runtimes.load(built, use_fp16=True, pooling_method="mean")
+    with pytest.warns(UserWarning, match=r"ignoring devices='cpu', use_fp16=True \(FlagEmbedding computes in fp32 "
+                                         r"on CPU\): this bundle runs fp32 on CPU") as record:
+        runtimes.load(built, use_fp16=True, devices="cpu", pooling_method="cls")
+    assert len(record) == 1
+    with pytest.raises(runtimes.InputError, match=r"devices='cuda:0' \(build --target ort-cuda"):
+        runtimes.load(built, devices="cuda:0")
     with pytest.raises(runtimes.BundleError, match="str or Path"):
         runtimes.load(42)
 

@@ -118,10 +118,18 @@ def build_ort_cpu(family, exported, out_dir: Path, log=print) -> BuildResult:
 INT8_SETTINGS = {
     "method": "onnxruntime.quantization.quantize_dynamic",
     "per_channel": True,
-    "reduce_range": False,  # VNNI machines: reduce_range loses accuracy for nothing
-    "weight_type": "QInt8",
+    "reduce_range": False,  # 7-bit weights lose accuracy for nothing with either weight type below
     "op_types_to_quantize": ["MatMul", "Attention"],  # embeddings and LayerNorm stay fp32
 }
+
+
+def int8_settings() -> dict:
+    """INT8_SETTINGS plus the weight type for the CPU that builds (runtimes.cpu.int8_weight_type: signed with
+    VNNI, unsigned without, where the signed kernel saturates); the runtime warns when a bundle with signed
+    weights runs on a CPU without VNNI."""
+    from runtimes.cpu import cpu_name, has_vnni, int8_weight_type
+
+    return {**INT8_SETTINGS, "weight_type": int8_weight_type(), "built_on": cpu_name(), "built_on_vnni": has_vnni()}
 
 
 def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResult:
@@ -136,16 +144,19 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
     del proto.graph.value_info[:]
     onnx.save(proto, str(fused_dir / MODEL))
     start = time.perf_counter()
+    settings = int8_settings()
     with quiet_quantizer():
         quant.quantize_dynamic(
             str(fused_dir / MODEL), str(out_dir / MODEL),
-            per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
-            weight_type=quant.QuantType.QInt8, op_types_to_quantize=INT8_SETTINGS["op_types_to_quantize"],
+            per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+            weight_type=getattr(quant.QuantType, settings["weight_type"]),
+            op_types_to_quantize=settings["op_types_to_quantize"],
             use_external_data_format=exported.external_data,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     shutil.rmtree(fused_dir)
     files = model_files(out_dir)
     size = sum((out_dir / f).stat().st_size for f in files) / 1e6
-    log(f"quantized to int8 in {time.perf_counter() - start:.1f}s ({size:.1f} MB); accuracy is checked by parity")
-    return BuildResult(files=files, info={**fused.info, "quantization": INT8_SETTINGS})
+    log(f"quantized to int8 in {time.perf_counter() - start:.1f}s ({size:.1f} MB, {settings['weight_type']} weights "
+        f"for a CPU {'with' if settings['built_on_vnni'] else 'without'} VNNI); accuracy is checked by parity")
+    return BuildResult(files=files, info={**fused.info, "quantization": settings})
