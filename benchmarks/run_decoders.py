@@ -116,8 +116,9 @@ def write(rows, envs, timings, total, out: Path, args) -> None:
     md = ["# Decoder families, mid-sized random weights, CPU\n",
           f"`python -m benchmarks.run_decoders` (batch sizes {args.batch_sizes}, ~{args.seq_lens} tokens per text or "
           f"pair, warm-up {args.warmup}, median of {args.repeats} timed runs, contenders interleaved in one process). "
-          f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak {env['fp32_gemm_peak_gflops']} "
-          f"GFLOP/s. Total run time {total / 60:.1f} min (checkpoints and bundles built in the same run).\n",
+          f"Machine: {env['processor']}, {env['cpus']} cores, measured peaks "
+          + ", ".join(f"{env['peak_kinds'][k]} {v} GFLOP/s" for k, v in env["peaks_gflops"].items())
+          + f". Total run time {total / 60:.1f} min (checkpoints and bundles built in the same run).\n",
           "* Shape: 8 layers, hidden 512, 8 heads, FFN 1536, vocab of the tiny tokenizers (~1200); KV heads per "
           "family below. Random weights (initializer range 0.2); timing needs the shapes only.",
           "* e2e: `compute_score(pairs)` for the rerankers (the bundle's cutoff layers / compression; the "

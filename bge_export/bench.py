@@ -65,6 +65,7 @@ class Contender:
     name: str
     e2e: Callable[[str, object, int, int], object]  # (mode, inputs, batch, seq) -> the public call's result
     engine: Callable[[object, int, int, "Workload"], Callable[[], object]]  # prepares inputs, returns the timed call
+    peak: str = "fp32"  # the PEAKS kind its GFLOP/s are divided by (the precision its matmuls run in)
 
 
 @dataclass
@@ -109,9 +110,54 @@ def _matmul_gflops(a, sync=lambda: None, seconds: float = 1.0) -> float:
     return n * 2 * a.shape[0] ** 3 / (time.perf_counter() - start) / 1e9
 
 
-def gemm_peak_gflops() -> float:
-    """This machine's practical fp32 peak: numpy (BLAS) 1024^3 matmuls with the default threads."""
-    return _matmul_gflops(np.random.default_rng(0).standard_normal((1024, 1024), dtype=np.float32))
+# The CPU peaks that "% of peak" divides by, each measured with the engine that runs that precision: ONNX
+# Runtime's own MatMul (fp32) and MatMulInteger (int8, uint8 activations x the bundle's weight type) on a large
+# square GEMM, with the session settings the bundles get here (all cores, no spinning). A BLAS or torch GEMM
+# can take another path than ONNX Runtime's (on an AMD EPYC a torch GEMM was slower), which put fp32 rows
+# above 100%.
+PEAKS = {"fp32": "ONNX Runtime MatMul, fp32", "int8-QInt8": "ONNX Runtime MatMulInteger, u8 x s8",
+         "int8-QUInt8": "ONNX Runtime MatMulInteger, u8 x u8"}
+PEAK_N = 2048
+
+
+def ort_matmul_peak_gflops(kind: str = "fp32", n: int = PEAK_N, seconds: float = 1.5) -> float:
+    """GFLOP/s (int8: GOP/s) of ONNX Runtime's MatMul / MatMulInteger on an n x n x n GEMM (see PEAKS)."""
+    require("onnx")
+    ort = require("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from runtimes.backends.ort import session_options
+
+    rng = np.random.default_rng(0)
+    if kind == "fp32":
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        node, a_type, out_type = helper.make_node("MatMul", ["a", "b"], ["y"]), TensorProto.FLOAT, TensorProto.FLOAT
+    else:
+        a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+        b = rng.integers(-128, 128, (n, n), dtype=np.int8) if kind == "int8-QInt8" else \
+            rng.integers(0, 256, (n, n), dtype=np.uint8)
+        node, a_type, out_type = helper.make_node("MatMulInteger", ["a", "b"], ["y"]), TensorProto.UINT8, TensorProto.INT32
+    graph = helper.make_graph([node], "peak", [helper.make_tensor_value_info("a", a_type, [n, n])],
+                              [helper.make_tensor_value_info("y", out_type, [n, n])],
+                              initializer=[numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(ort, allow_spinning=False),
+                                providers=["CPUExecutionProvider"])
+    feeds = {"a": a}
+    sess.run(None, feeds)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sess.run(None, feeds)
+        count += 1
+    return count * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+
+
+def contender_peak(manifest: dict) -> str:
+    """The PEAKS kind of a bundle: int8 by its weight type (older bundles: signed), fp32 otherwise."""
+    if manifest["precision"] != "int8":
+        return "fp32"
+    return "int8-" + ((manifest.get("build") or {}).get("quantization") or {}).get("weight_type", "QInt8")
 
 
 # How each FlagEmbedding API is driven, for our runtime and for the reference alike: the workload of a cell
@@ -320,7 +366,7 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
     def e2e(mode, x, b, s):
         return api["modes"][mode](model, x, b, s)
 
-    return Contender(f"bge-export {m.target}", e2e, engine), m.data, model
+    return Contender(f"bge-export {m.target}", e2e, engine, contender_peak(m.data)), m.data, model
 
 
 def _reference_contender(family, device: str = "cpu") -> Contender:
@@ -355,7 +401,8 @@ def _reference_contender(family, device: str = "cpu") -> Contender:
         with quiet_stderr():  # FlagEmbedding's tqdm bars
             return api["modes"][mode](ref, x, b, s)
 
-    return Contender(f"FlagEmbedding {family.reference_api} (torch {'fp16 CUDA' if cuda else 'fp32'})", e2e, engine)
+    return Contender(f"FlagEmbedding {family.reference_api} (torch {'fp16 CUDA' if cuda else 'fp32'})", e2e, engine,
+                     "gpu-fp16" if cuda else "fp32")
 
 
 def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
@@ -457,15 +504,25 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
     work = Workload(lambda n, length, offset=0: exact_length_texts(n_tok, words[offset * 101:] + words, n, length),
                     n_tok, model)
     gpu = reference_device == "cuda"
-    peak = gpu_peak_gflops() if gpu else gemm_peak_gflops()
-    env = {"machine": platform.machine(), "processor": platform.processor() or _cpu_name(), "cpus": os.cpu_count(),
+    if gpu:  # every contender is divided by the GPU's fp16 peak
+        peak = gpu_peak_gflops()
+        peaks = {c.peak: peak for c in contenders} | {"gpu-fp16": peak}
+    else:
+        peaks = {kind: ort_matmul_peak_gflops(kind) for kind in sorted({c.peak for c in contenders})}
+    from runtimes.cpu import cpu_flags, cpu_name
+
+    env = {"machine": platform.machine(), "processor": cpu_name(), "cpus": os.cpu_count(),
+           "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))),
            "gpu": require("torch").cuda.get_device_name() if gpu else None,
-           "peak_kind": "fp16 GEMM on the GPU (torch)" if gpu else "fp32 GEMM on the CPU (numpy)",
-           "fp32_gemm_peak_gflops": None if gpu else round(peak, 1), "gpu_fp16_peak_gflops": round(peak, 1) if gpu else None,
+           "peaks_gflops": {k: round(v, 1) for k, v in peaks.items()},
+           "peak_kinds": {"gpu-fp16": "torch fp16 8192^3 GEMM on the GPU"} if gpu
+           else {k: f"{PEAKS[k]}, {PEAK_N}^3" for k in peaks},
+           "gpu_fp16_peak_gflops": round(peaks["gpu-fp16"], 1) if gpu else None,
            "source": ckpt, "model": meta["model"],
            "family": meta["family"], "api": api_name, "variant": meta["variant"],
            "threads": "ONNX Runtime and torch defaults (all cores); ORT thread spinning off for every ORT contender"}
-    log(f"measured peak ({env['peak_kind']}): {peak:.0f} GFLOP/s")
+    log("measured peaks: " + ", ".join(f"{env['peak_kinds'][k]}: {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    peak_of = {c.name: c.peak for c in contenders}
     rows = []
     for s in seqs:
         if s > meta["profiles"]["sequence"]["max"]:
@@ -505,7 +562,8 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
                 row = {"contender": name, "mode": mode, "batch": b, "seq": s, "tokens": tokens[mode],
                        "median_ms": med * 1e3, "p95_ms": _percentile(xs, 95) * 1e3,
                        "p99_ms": _percentile(xs, 99) * 1e3, "tokens_per_s": tokens[mode] / med,
-                       "gflops": flops / med / 1e9, "peak_fraction": flops / med / 1e9 / peak, "repeats": len(xs)}
+                       "gflops": flops / med / 1e9, "peak": peak_of[name],
+                       "peak_fraction": flops / med / 1e9 / peaks[peak_of[name]], "repeats": len(xs)}
                 ref_key = next((k for k in results if k[1] == mode and k[0].startswith("FlagEmbedding")), None)
                 if mode != "engine" and ref_key and ref_key[0] != name:
                     row.update(output_check(api.get("check", "vectors"), results[(name, mode)], results[ref_key]))
@@ -583,9 +641,10 @@ def markdown(rows: list[dict], env: dict) -> str:
         machine = f"GPU: {env['gpu']}, measured fp16 GEMM peak {env['gpu_fp16_peak_gflops'] / 1000:.0f} TFLOP/s."
         peak = "% of fp16 GEMM peak"
     else:
-        machine = (f"Machine: {env['processor']}, {env['cpus']} cores, measured fp32 GEMM peak "
-                   f"{env['fp32_gemm_peak_gflops']} GFLOP/s.")
-        peak = "% of fp32 GEMM peak"
+        machine = (f"Machine: {env['processor']}, {env['cpus']} cores. Measured peaks: "
+                   + "; ".join(f"{env['peak_kinds'][k]}: {v} GFLOP/s" for k, v in env["peaks_gflops"].items())
+                   + ". Each row is divided by the peak of its own precision.")
+        peak = "% of its precision's peak"
     lines = [f"{machine} {shape}", "",
              f"| mode | batch x seq | contender | median ms | p95 ms | tokens/s | model GFLOP/s | {peak} | x FlagEmbedding | x optimum | max abs diff vs FlagEmbedding |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -646,16 +705,6 @@ def plot(rows: list[dict], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def run_from_args(args, log=print) -> int:

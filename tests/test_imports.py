@@ -18,7 +18,9 @@ def test_light_imports_without_heavy_dependencies():
     code = (
         "import bge_export, runtimes, bge_export.cli, bge_export.families, bge_export.build.targets, "
         "bge_export.parity, bge_export.compile, bge_export.checkpoint, runtimes.manifest, runtimes.bundle, "
-        "runtimes.service, runtimes.encoder, runtimes.backends\n"
+        "runtimes.service, runtimes.encoder, runtimes.backends, runtimes.options, runtimes.cpu, bge_export.retrieval_set\n"
+        "from runtimes import FlagModel, FlagReranker, BGEM3FlagModel, FlagLLMReranker, LayerWiseFlagLLMReranker, "
+        "LightWeightFlagLLMReranker, FlagLLMModel, FlagICLModel, FlagAutoModel, FlagAutoReranker\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'tensorrt') if sys.modules.get(m) is not None]\n"
         "assert not heavy, heavy\nprint('ok')"
     )

@@ -120,7 +120,19 @@ INT8_SETTINGS = {
     "per_channel": True,
     "reduce_range": False,  # 7-bit weights lose accuracy for nothing with either weight type below
     "op_types_to_quantize": ["MatMul", "Attention"],  # embeddings and LayerNorm stay fp32
+    # the feed-forward down-projections stay fp32: their input is the activation (GELU / SwiGLU) output, whose
+    # outliers per-tensor dynamic activation quantization handles worst. On the real MiniLM that cut the recall@10
+    # loss on the labelled retrieval set from 1.25 points to 0 (MRR loss 0.7-0.8 points either way) for ~8% of
+    # the int8 engine time, on an AMD EPYC without VNNI
+    "keep_float": "feed_forward_down",
 }
+
+
+def feed_forward_down(proto, model_info: dict) -> list[str]:
+    """The MatMul nodes whose constant weight is (intermediate, hidden): the FFN down-projections."""
+    shape = [int(model_info["intermediate_size"]), int(model_info["hidden_size"])]
+    weights = {t.name for t in proto.graph.initializer if list(t.dims) == shape}
+    return [n.name for n in proto.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in weights]
 
 
 def int8_settings() -> dict:
@@ -143,6 +155,7 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
     proto = onnx.load(str(fused_dir / MODEL), load_external_data=False)
     del proto.graph.value_info[:]
     onnx.save(proto, str(fused_dir / MODEL))
+    kept = feed_forward_down(proto, family.model_info())
     start = time.perf_counter()
     settings = int8_settings()
     with quiet_quantizer():
@@ -150,7 +163,7 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
             str(fused_dir / MODEL), str(out_dir / MODEL),
             per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
             weight_type=getattr(quant.QuantType, settings["weight_type"]),
-            op_types_to_quantize=settings["op_types_to_quantize"],
+            op_types_to_quantize=settings["op_types_to_quantize"], nodes_to_exclude=kept,
             use_external_data_format=exported.external_data,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -158,5 +171,6 @@ def build_ort_cpu_int8(family, exported, out_dir: Path, log=print) -> BuildResul
     files = model_files(out_dir)
     size = sum((out_dir / f).stat().st_size for f in files) / 1e6
     log(f"quantized to int8 in {time.perf_counter() - start:.1f}s ({size:.1f} MB, {settings['weight_type']} weights "
-        f"for a CPU {'with' if settings['built_on_vnni'] else 'without'} VNNI); accuracy is checked by parity")
-    return BuildResult(files=files, info={**fused.info, "quantization": settings})
+        f"for a CPU {'with' if settings['built_on_vnni'] else 'without'} VNNI, {len(kept)} feed-forward "
+        "down-projections kept fp32); accuracy is checked by parity")
+    return BuildResult(files=files, info={**fused.info, "quantization": {**settings, "kept_float_nodes": len(kept)}})
