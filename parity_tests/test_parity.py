@@ -64,7 +64,7 @@ def test_real_minilm_meets_the_issue_gates(bundle):
     assert int8[("dense", "cosine_mean")] >= 0.99
     # what users feel, on the labelled retrieval set: at most 1 point of recall@10 and MRR lost against FlagModel
     assert int8[("dense", "recall@10_drop")] <= 0.01 and int8[("dense", "mrr_drop")] <= 0.01
-    assert int8[("dense", "recall@10_reference")] == fp32[("dense", "recall@10_reference")] > 0.3
+    assert int8[("dense", "recall@10_reference")] == fp32[("dense", "recall@10_reference")] > 0.3  # 0.329
     assert abs(fp32[("dense", "recall@10_drop")]) <= 0.0025 and abs(fp32[("dense", "mrr_drop")]) <= 1e-3
 
 
