@@ -20,13 +20,16 @@ def run() -> int:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--out", default=str(HERE / "results" / "encoder-minilm-cpu"))
     p.add_argument("--bench-args", default="", help="extra arguments for bge-export bench, e.g. '--repeats 3'")
+    p.add_argument("--no-parity", action="store_true", help="build the bundles without their parity run (faster; "
+                   "the bench still checks every cell's outputs against FlagEmbedding)")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bge-bench-bundles-"))
     bundles = []
     for target in ("ort-cpu", "ort-cpu-int8"):
         out = work / target
         model = ["--model", args.model] if args.model else []
-        rc = main(model + ["--target", target, "--out", str(out), "--quiet"])
+        flags = ["--quiet"] + (["--no-parity"] if args.no_parity else [])
+        rc = main(model + ["--target", target, "--out", str(out), *flags])
         if rc:
             return rc
         bundles.append(str(out))

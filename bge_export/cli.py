@@ -29,12 +29,14 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
 
 --model takes a checkpoint folder or a hub id that is already in the local Hugging Face cache
 (nothing is downloaded). Serve the bundle with:  import runtimes; runtimes.load(BUNDLE).encode([...])
+or with FlagEmbedding's class names:  from runtimes import FlagModel; FlagModel(BUNDLE).encode([...])
 """
 
 TARGET_HELP = """targets:
   onnx           the exported fp32 ONNX graph, unoptimised (portable)
   ort-cpu        fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
-  ort-cpu-int8   dynamic int8 (per-channel weights, VNNI) for ONNX Runtime CPU
+  ort-cpu-int8   dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned
+                 without), FFN down-projections kept fp32
   ort-cuda       fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs
   ort-cuda-fp16  the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)
   onnx-fp16      the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime
@@ -181,7 +183,9 @@ def cmd_inspect(argv: list[str]) -> int:
         lines.append("fusions    " + (", ".join(f"{k} x{v}" for k, v in d["build"]["fusions"].items()) or "none"))
     if d["build"].get("quantization"):
         q = d["build"]["quantization"]
-        lines.append(f"int8       per_channel={q['per_channel']} reduce_range={q['reduce_range']} ops={q['op_types_to_quantize']}")
+        lines.append(f"int8       per_channel={q['per_channel']} reduce_range={q['reduce_range']} ops={q['op_types_to_quantize']} "
+                     f"weights={q.get('weight_type', 'QInt8')} kept fp32: {q.get('kept_float_nodes', 0)} FFN "
+                     f"down-projections" + (f" (built on {q['built_on']})" if q.get("built_on") else ""))
     b = d["build"]
     if b.get("fp16"):
         lines.append(f"fp16       fp32 islands {b['fp16']['fp32_ops']}, {b['fp16']['fp32_head_nodes']} head node(s) "

@@ -114,13 +114,17 @@ def test_scaled_m3_passes_through_the_cli(scaled):
     assert v[("sparse", "key_mismatch")] == 0 and v[("dense", "cosine_min")] >= 0.99999
 
 
+def _broken(scaled, case: str, tmp_path, defect) -> tuple[str, set]:
+    """(what the defect changed, the failing checks) of a copy of the scaled bundle with one defect."""
+    broken = tmp_path / "broken"
+    shutil.copytree(scaled[case][1], broken)
+    what = defect(broken)
+    return what, _failed(_reparity(broken))
+
+
 @pytest.mark.parametrize("case", ["reranker", "m3"])
 def test_a_perturbed_initializer_still_fails(scaled, case, tmp_path):
-    _, bundle = scaled[case]
-    broken = tmp_path / "broken"
-    shutil.copytree(bundle, broken)
-    name = _perturb_one_initializer(broken)
-    failed = _failed(_reparity(broken))
+    name, failed = _broken(scaled, case, tmp_path, _perturb_one_initializer)
     want = {"reranker": {("score", "max_abs_rel_spread")},
             "m3": {("sparse", "max_abs_rel_max"), ("scores", "max_abs_rel_spread")}}[case]
     assert want & failed, (name, failed)
@@ -128,10 +132,6 @@ def test_a_perturbed_initializer_still_fails(scaled, case, tmp_path):
 
 @pytest.mark.parametrize("case", ["reranker", "m3"])
 def test_a_tokenizer_that_drops_a_token_still_fails(scaled, case, tmp_path):
-    _, bundle = scaled[case]
-    broken = tmp_path / "broken"
-    shutil.copytree(bundle, broken)
-    piece = _drop_a_token(broken)
-    failed = _failed(_reparity(broken))
+    piece, failed = _broken(scaled, case, tmp_path, _drop_a_token)
     assert ("tokens", "mismatched_pairs" if case == "reranker" else "mismatched_texts") in failed, (piece, failed)
     assert len(failed) >= 2, (piece, failed)  # the outputs move too, beyond the scaled bounds

@@ -41,7 +41,8 @@ register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider"
                        "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
                        "bge_export.build.ort:build_ort_cpu"))
 register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
-                       "dynamic int8 (per-channel weights, VNNI) on the fused graph for ONNX Runtime CPU",
+                       "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
+                       "CPUs, unsigned without; FFN down-projections kept fp32)",
                        "bge_export.build.ort:build_ort_cpu_int8"))
 register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
                        "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
