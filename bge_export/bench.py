@@ -98,16 +98,22 @@ def exact_length_texts(tokenize: Callable[[str], int], words: list[str], n: int,
     return out
 
 
-def _matmul_gflops(a, sync=lambda: None, seconds: float = 1.0) -> float:
-    """GFLOP/s of repeated square matmuls ``a @ a`` for about ``seconds`` (``sync`` waits for the device)."""
-    a @ a
+def _timed_gflops(call, flops: float, sync=lambda: None, seconds: float = 1.0) -> float:
+    """GFLOP/s of ``call`` (``flops`` each) repeated for about ``seconds`` after one warm-up (``sync`` waits for
+    the device)."""
+    call()
     sync()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        a @ a
+        call()
         n += 1
     sync()
-    return n * 2 * a.shape[0] ** 3 / (time.perf_counter() - start) / 1e9
+    return n * flops / (time.perf_counter() - start) / 1e9
+
+
+def _matmul_gflops(a, sync=lambda: None, seconds: float = 1.0) -> float:
+    """GFLOP/s of repeated square matmuls ``a @ a``."""
+    return _timed_gflops(lambda: a @ a, 2 * a.shape[0] ** 3, sync, seconds)
 
 
 # The CPU peaks that "% of peak" divides by, each measured with the engine that runs that precision: ONNX
@@ -144,13 +150,7 @@ def ort_matmul_peak_gflops(kind: str = "fp32", n: int = PEAK_N, seconds: float =
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
     sess = ort.InferenceSession(model.SerializeToString(), session_options(ort, allow_spinning=False),
                                 providers=["CPUExecutionProvider"])
-    feeds = {"a": a}
-    sess.run(None, feeds)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        sess.run(None, feeds)
-        count += 1
-    return count * 2 * n ** 3 / (time.perf_counter() - start) / 1e9
+    return _timed_gflops(lambda: sess.run(None, {"a": a}), 2 * n ** 3, seconds=seconds)
 
 
 def contender_peak(manifest: dict) -> str:

@@ -222,7 +222,11 @@ def scaled_error(ref, got, scale: float) -> float:
     """The one rule of the tolerance table: max |ref - got| over the reference's own scale, floored at
     SCALE_FLOOR (so a near-zero scale falls back to the absolute bound)."""
     ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
-    diff = float(np.abs(ref - got).max()) if ref.size else 0.0
+    return scaled(float(np.abs(ref - got).max()) if ref.size else 0.0, scale)
+
+
+def scaled(diff: float, scale: float) -> float:
+    """A difference over max(scale, SCALE_FLOOR)."""
     return diff / max(float(scale), SCALE_FLOOR)
 
 
@@ -477,12 +481,11 @@ def m3_golden_values(model, sample: dict) -> dict:
 
 def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
     largest = max((float(v) for r in ref for v in r.values()), default=0.0)
-    scale = max(largest, SCALE_FLOOR)
     key_mismatch, raw_mismatch, max_abs, overlaps = 0, 0, 0.0, []
     for r, g in zip(ref, got):
         only = set(r) ^ set(g)
         raw_mismatch += len(only)
-        key_mismatch += sum(1 for k in only if float(r.get(k, g.get(k, 0))) > FP32_REL * scale)
+        key_mismatch += sum(1 for k in only if scaled(float(r.get(k, g.get(k, 0))), largest) > FP32_REL)
         for k in set(r) & set(g):
             max_abs = max(max_abs, abs(float(r[k]) - float(g[k])))
         top_r = {k for k, _ in sorted(r.items(), key=lambda kv: -kv[1])[:10]}
@@ -490,7 +493,7 @@ def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
         if top_r:
             overlaps.append(len(top_r & top_g) / len(top_r))
     return {"key_mismatch": key_mismatch, "raw_key_mismatch": raw_mismatch, "max_abs": max_abs,
-            "largest_weight": largest, "max_abs_rel_max": max_abs / scale,
+            "largest_weight": largest, "max_abs_rel_max": scaled(max_abs, largest),
             "top10_key_overlap": float(np.mean(overlaps)) if overlaps else 1.0}
 
 
@@ -539,7 +542,7 @@ def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=pri
     c_norm = float(max(np.linalg.norm(a, axis=-1).max() for a in c_ref if len(a)))
     checks += gate(family.name, "colbert", precision, {
         "length_mismatch": len(c_ref) - len(same), "max_abs": c_max_abs, "largest_norm": c_norm,
-        "max_abs_rel_norm": c_max_abs / max(c_norm, SCALE_FLOOR),
+        "max_abs_rel_norm": scaled(c_max_abs, c_norm),
         "cosine_mean": float(c_cos.mean()), "cosine_min": float(c_cos.min())},
         {"max_abs_rel_norm": f"max |ref - bundle| / max(largest vector norm, {SCALE_FLOOR:g})"})
 

@@ -177,6 +177,8 @@ def test_options_that_contradict_the_bundle_raise(bundle):
         runtimes.FlagModel(str(enc), pooling_method="mean")
     with pytest.raises(runtimes.InputError, match=r"devices=\['cuda:0', 'cuda:1'\] \(build --target ort-cuda"):
         runtimes.FlagModel(str(enc), devices=["cuda:0", "cuda:1"])
+    with pytest.raises(runtimes.InputError, match=r"devices='cuda:x': a bundle runs on 'cpu' or CUDA devices"):
+        runtimes.FlagModel(str(enc), devices="cuda:x")
     with pytest.raises(runtimes.InputError, match=r"peft_path='lora/' \(merge the adapter"):
         runtimes.FlagModel(str(enc), peft_path="lora/")
     with pytest.raises(runtimes.InputError, match=r"FlagModel\(\): .*unexpected keyword argument 'bogus'"):

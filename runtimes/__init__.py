@@ -51,21 +51,38 @@ def open_bundle(path, *, verify: bool = True):
 def open_checked(path, *, verify: bool = True):
     """open_bundle, plus a RuntimeWarning when the bundle failed parity at build time."""
     bundle = open_bundle(path, verify=verify)
+    import warnings
+
+    from runtimes.cpu import int8_mismatch
+
     parity = bundle.manifest.parity
     if parity is not None and not parity.get("passed", False):
-        import warnings
-
         failed = [f"{c['metric']}={c['value']:.4g}" for c in parity.get("checks", []) if not c.get("passed", True)]
         warnings.warn(f"bundle {bundle.path} FAILED parity against {parity.get('reference')} at build time "
                       f"({', '.join(failed)}); its outputs may differ from FlagEmbedding", RuntimeWarning, stacklevel=3)
-    from runtimes.cpu import int8_mismatch
-
     why = int8_mismatch(bundle.manifest.data.get("build", {}).get("quantization"))
     if why:
-        import warnings
-
         warnings.warn(f"bundle {bundle.path}: {why}", RuntimeWarning, stacklevel=3)
     return bundle
+
+
+def runtime_class(api: str) -> type:
+    """The runtime class serving a FlagEmbedding API name (imported on first use)."""
+    module, cls = RUNTIME_APIS[api].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def checked_options(bundle, model_cls: type, options: dict, caller: str, known) -> dict:
+    """runtimes.options.split_options, then the options bound to ``model_cls``: an unknown one is an InputError
+    that lists ``known``."""
+    from runtimes.options import split_options
+
+    options = split_options(bundle, options, caller)
+    try:
+        inspect.signature(model_cls).bind(bundle, **options)
+    except TypeError as exc:
+        raise InputError(f"{caller}: {exc} (the options it takes: {', '.join(known)})") from None
+    return options
 
 
 def load(path: str | Path, *, verify: bool = True, **options):
@@ -76,8 +93,6 @@ def load(path: str | Path, *, verify: bool = True, **options):
     when it was built (``use_fp16``, ``devices``, ``pooling_method``, ...) are accepted with a warning where they
     cannot change its result and refused where they contradict it (runtimes.options).
     """
-    from runtimes.options import split_options
-
     bundle = open_checked(path, verify=verify)
     api = bundle.manifest.runtime.get("api")
     if api not in RUNTIME_APIS:
@@ -85,12 +100,6 @@ def load(path: str | Path, *, verify: bool = True, **options):
             f"bundle API '{api}' (family {bundle.manifest.family}) has no runtime in this version (have: "
             f"{', '.join(sorted(RUNTIME_APIS))}); upgrade bge-export"
         )
-    module, cls = RUNTIME_APIS[api].split(":")
-    model_cls = getattr(importlib.import_module(module), cls)
-    options = split_options(bundle, options, "runtimes.load()")
-    try:
-        inspect.signature(model_cls).bind(bundle, **options)
-    except TypeError as exc:
-        raise InputError(f"runtimes.load(): {exc} (options of a {api} bundle: "
-                         f"{', '.join(list(inspect.signature(model_cls).parameters)[1:])})") from None
-    return model_cls(bundle, **options)
+    model_cls = runtime_class(api)
+    known = list(inspect.signature(model_cls).parameters)[1:]
+    return model_cls(bundle, **checked_options(bundle, model_cls, options, f"runtimes.load() of a {api} bundle", known))

@@ -9,7 +9,6 @@ inert ones warn once, contradicting ones raise ``InputError``. The class must ma
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
@@ -84,11 +83,9 @@ def _given(api: str, sig: inspect.Signature, self, args, kwargs) -> tuple[Any, d
 
 
 def _make(api: str) -> type:
-    from runtimes import RUNTIME_APIS, open_checked
-    from runtimes.options import split_options
+    from runtimes import checked_options, open_checked, runtime_class
 
-    module, name = RUNTIME_APIS[api].split(":")
-    base = getattr(importlib.import_module(module), name)
+    base = runtime_class(api)
     sig = _signature(api)
 
     def __init__(self, *args, **kwargs):
@@ -99,17 +96,12 @@ def _make(api: str) -> type:
             raise IncompatibleBundleError(
                 f"{api}({path!r}): this bundle serves FlagEmbedding's {have} API (family {bundle.manifest.family}); "
                 f"use `from runtimes import {have}`, or runtimes.load(path) which picks the class")
-        options = split_options(bundle, given, f"{api}()")
-        try:
-            inspect.signature(base).bind(bundle, **options)
-        except TypeError as exc:
-            raise InputError(f"{api}(): {exc} (the options a bundle takes: "
-                             f"{', '.join(n for n, _ in SIGNATURES[api])})") from None
-        base.__init__(self, bundle, **options)
+        known = [n for n, _ in SIGNATURES[api]]
+        base.__init__(self, bundle, **checked_options(bundle, base, given, f"{api}()", known))
 
     __init__.__signature__ = sig
     doc = (f"FlagEmbedding's ``{api}`` on an engine bundle: ``{api}(bundle_path, ...)`` with FlagEmbedding 1.4.2's "
-           f"constructor options. The methods are those of {name}.")
+           f"constructor options. The methods are those of {base.__name__}.")
     return type(api, (base,), {"__init__": __init__, "__doc__": doc, "__module__": "runtimes"})
 
 

@@ -50,7 +50,7 @@ def _devices(value) -> list[str]:
     for d in items:
         if isinstance(d, int) and not isinstance(d, bool):
             out.append(f"cuda:{d}")
-        elif isinstance(d, str) and (d == "cpu" or d == "cuda" or d.startswith("cuda:")):
+        elif isinstance(d, str) and (d in ("cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
             out.append(d)
         else:
             raise InputError(f"devices={value!r}: a bundle runs on 'cpu' or CUDA devices ('cuda', 'cuda:0', 0), "
