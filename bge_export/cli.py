@@ -10,13 +10,14 @@ import sys
 from bge_export import __version__
 
 COMMANDS = ("inspect", "parity", "bench", "families", "lint")
-TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8", "ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16",
-                "trt-bf16", "trt-int8")  # kept in sync with build.targets by a unit test
+TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8", "ov-cpu", "ov-cpu-bf16", "ov-cpu-int8", "ort-cuda", "ort-cuda-fp16",
+                "onnx-fp16", "onnx-int8", "trt-fp16", "trt-bf16", "trt-int8")  # in sync with build.targets (tested)
 
 MAIN_DESCRIPTION = """\
 Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
 
   bge-export --target ort-cpu                      # the embedded default: all-MiniLM-L6-v2 (real weights)
+  bge-export                                       # the fastest float CPU target for this CPU (says which, why)
   bge-export --model BAAI/bge-small-en-v1.5 --target ort-cpu-int8 --out bundles/small-int8
   bge-export inspect bundles/small-int8            # what is in a bundle
   bge-export parity bundles/small-int8             # re-run parity
@@ -37,6 +38,11 @@ TARGET_HELP = """targets:
   ort-cpu        fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
   ort-cpu-int8   dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned
                  without), FFN down-projections kept fp32
+  ov-cpu         OpenVINO IR, fp32 inference precision (needs the openvino extra)
+  ov-cpu-bf16    OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);
+                 norms and softmax sums stay fp32; refused on CPUs without bf16
+  ov-cpu-int8    OpenVINO IR quantized with NNCF (static int8 calibrated on text; --ov-int8 weights for
+                 weight-only int8)
   ort-cuda       fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs
   ort-cuda-fp16  the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)
   onnx-fp16      the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime
@@ -52,7 +58,7 @@ other commands (bge-export COMMAND --help):
   parity    re-run parity of a bundle against FlagEmbedding
   bench     time bundles against FlagEmbedding and optimum's ONNX export
   lint      check a bundle's graph for what TensorRT cannot parse or runs slowly (runs without TensorRT)
-  families  list the supported families and targets
+  families  list the supported families and targets, and what this CPU can run fast
 
 exit codes: 0 ok, 1 parity or graph check failed, 2 bad input, 3 internal error (a bug)"""
 
@@ -83,7 +89,9 @@ def main_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="PATH_OR_ID", default=None,
                    help="checkpoint folder, or a hub id in the local HF cache (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--target", default="ort-cpu", metavar="TARGET", help="engine to build (default: ort-cpu; see below)")
+    p.add_argument("--target", default=None, metavar="TARGET",
+                   help="engine to build (default: the fastest non-int8 CPU target for this CPU: ov-cpu-bf16 where it "
+                        "has bf16, else the faster fp32 one; the build says which and why; see below)")
     p.add_argument("--out", metavar="DIR", default=None, help="bundle folder (default: bundles/<model>-<target>)")
     p.add_argument("--pooling", choices=("cls", "mean"), default=None,
                    help="encoder pooling (default: cls, as FlagModel)")
@@ -117,6 +125,10 @@ def main_parser() -> argparse.ArgumentParser:
                    help="builder optimization level (default 3)")
     t.add_argument("--trt-workspace-gb", type=float, metavar="GB", default=None,
                    help="workspace memory limit for the builder (default: TensorRT's, the GPU's memory)")
+    o = p.add_argument_group("OpenVINO targets (ov-cpu*)")
+    o.add_argument("--ov-int8", choices=("static", "weights"), default=None,
+                   help="ov-cpu-int8: static (int8 weights and activations, calibrated; default) or weights "
+                        "(int8 weights only, float compute)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -138,8 +150,15 @@ def cmd_build(argv: list[str]) -> int:
     build_options = {"sequence_buckets": parse_int_list(args.trt_seq_buckets, "--trt-seq-buckets"),
                      "max_batch": args.trt_max_batch, "opt_batch": args.trt_opt_batch,
                      "timing_cache": args.timing_cache, "optimization_level": args.trt_opt_level,
-                     "workspace_gb": args.trt_workspace_gb}
-    result = compile_bundle(args.model, args.target, args.out, pooling=args.pooling, variant=variant,
+                     "workspace_gb": args.trt_workspace_gb, "int8_method": args.ov_int8}
+    target = args.target
+    if target is None:
+        from bge_export.build.targets import default_cpu_target
+
+        target, why = default_cpu_target()
+        if not args.quiet:
+            _log(f"no --target given: building {target} ({why})")
+    result = compile_bundle(args.model, target, args.out, pooling=args.pooling, variant=variant,
                             parity=not args.no_parity, build_options=build_options,
                             overwrite=args.overwrite, log=_log, quiet=args.quiet)
     if args.json:
@@ -247,17 +266,26 @@ def cmd_families(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bge-export families", description="List supported families and targets.")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from bge_export.build.targets import TARGETS
+    from bge_export.build.targets import TARGETS, default_cpu_target
     from bge_export.families import FAMILIES
+    from runtimes.cpu import capabilities
 
     rows = [{"family": f.name, "reference": f.reference_api, "description": f.description,
              "targets": list(f.targets), "checkpoints": list(f.checkpoints)} for f in FAMILIES.values()]
+    cpu = capabilities()
+    cpu["default_target"], cpu["default_reason"] = default_cpu_target()
     if args.json:
-        print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()}}, indent=2))
+        print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()}, "cpu": cpu},
+                         indent=2))
         return 0
     for r in rows:
         print(f"{r['family']:<10} {r['reference']:<10} targets: {', '.join(r['targets'])}\n           {r['description']}")
     print("\ntargets:\n" + "\n".join(f"  {k:<13} {v.description}" for k, v in TARGETS.items()))
+    yes = lambda v: "yes" if v else "no"  # noqa: E731
+    print(f"\nthis CPU: {cpu['cpu']}\n  AVX2 {yes(cpu['avx2'])}, AVX-512 {yes(cpu['avx512'])}, int8 VNNI "
+          f"{yes(cpu['vnni'])}, bf16 (AVX512-BF16 / AMX) {yes(cpu['bf16'])}, AMX {yes(cpu['amx'])}"
+          f"\n  matrix flags: {' '.join(cpu['matrix_flags']) or 'none'}"
+          f"\n  default target here: {cpu['default_target']} ({cpu['default_reason']})")
     return 0
 
 

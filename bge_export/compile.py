@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bge_export import __version__
-from bge_export.build.targets import Target, get_target, target_precision
+from bge_export.build.targets import Target, check_build_options, get_target, target_precision
 from bge_export.checkpoint import Checkpoint, load_tokenizer, resolve_checkpoint
 from bge_export.errors import OutputError, ParityError, UnsupportedTargetError
 from bge_export.families import recognise
@@ -112,14 +112,16 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
     get_target(target, family)
     dtype = family.export_dtype()
     precision = target_precision(target_obj, family.half_dtype())
-    if family.half_export and precision in ("fp16", "bf16") and dtype != precision:
+    if target_obj.from_fp32_export and dtype != "fp32":
+        raise UnsupportedTargetError(f"--target {target} converts the fp32 export and runs it at {precision} itself; "
+                                     f"drop --export-dtype {dtype}")
+    if family.half_export and precision in ("fp16", "bf16") and dtype != precision and not target_obj.from_fp32_export:
         if "export_dtype" in options:
             raise UnsupportedTargetError(f"--target {target} runs this model in {precision}; drop --export-dtype "
                                          f"{dtype} (the graph is exported in {precision} for it)")
         family = family_cls(ckpt, **{**options, "export_dtype": precision})
         dtype = precision
-    if build_options and not target_obj.requires:
-        raise UnsupportedTargetError(f"the --trt-* options apply to the TensorRT targets only, not to --target {target}")
+    check_build_options(target_obj, build_options or {})
     if dtype != "fp32" and target_obj.precision == "int8":
         raise UnsupportedTargetError(f"--target {target} quantizes an fp32 graph; drop --export-dtype {dtype} "
                                      "(or build --target onnx / ort-cpu in that dtype)")
@@ -157,6 +159,9 @@ def compile_bundle(
         from bge_export.build.trt import check_can_build
 
         check_can_build(tgt.name, family, build_options)
+    else:
+        for dep in tgt.requires:
+            require(dep)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

@@ -251,6 +251,8 @@ def parity_device(engine: dict) -> ParityDevice:
     CPU: that checks the graph and its precision (fp16 weights, fp32 islands, QDQ), not the CUDA kernels, and the
     report says so."""
     providers = engine.get("providers", [])
+    if engine["kind"] == "openvino":
+        return ParityDevice({}, f"OpenVINO CPU, {engine.get('inference_precision', 'fp32')} inference precision", False)
     if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in providers:
         name = (providers or [engine["kind"]])[0]
         return ParityDevice({}, name, name == "CPUExecutionProvider")
@@ -262,9 +264,25 @@ def parity_device(engine: dict) -> ParityDevice:
 
 def unrunnable(precision: str, engine: dict) -> str | None:
     """Why parity cannot run this bundle here, or None."""
+    if engine["kind"] == "openvino":
+        if engine.get("inference_precision") == "bf16" and not openvino_bf16():
+            from runtimes.cpu import cpu_name
+
+            return (f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512-BF16 or AMX), and OpenVINO would run "
+                    "the bundle in fp32 here; run `bge-export parity BUNDLE` on the CPU it is deployed to")
+        return None
     if precision == "bf16" and parity_device(engine).cpu:
         return "bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); check them on the CUDA machine"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def openvino_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 on this CPU (it lists BF16 among its optimization capabilities)."""
+    from runtimes._optional import require
+    from runtimes.backends.openvino import device_supports_bf16
+
+    return device_supports_bf16(require("openvino").Core())
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,6 +20,8 @@ _EXTRAS = {
     "onnxruntime": ("", "running ONNX Runtime engines"),
     "tokenizers": ("", "tokenizing text"),
     "tensorrt": ("trt", "TensorRT engines"),
+    "openvino": ("openvino", "OpenVINO engines (the ov-cpu targets)"),
+    "nncf": ("openvino", "int8 quantization for OpenVINO (ov-cpu-int8)"),
     "matplotlib": ("dev", "benchmark plots"),
 }
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 # int8 dot products without 16-bit saturation (AVX512-VNNI, AVX-VNNI) or with tiles (AMX)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# bf16 matrix instructions: AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later) and AMX tiles (Intel
+# Sapphire Rapids and later). Without them OpenVINO silently runs a bf16 request in fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,6 +39,22 @@ def cpu_flags() -> frozenset[str]:
 
 def has_vnni() -> bool:
     return any(f in cpu_flags() for f in VNNI_FLAGS)
+
+
+def has_bf16() -> bool:
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def has_amx() -> bool:
+    return "amx_tile" in cpu_flags()
+
+
+def capabilities() -> dict:
+    """What `bge-export families` shows and benchmarks record: the CPU and the matrix instruction sets it has."""
+    flags = cpu_flags()
+    return {"cpu": cpu_name(), "avx2": "avx2" in flags, "avx512": "avx512f" in flags, "vnni": has_vnni(),
+            "bf16": has_bf16(), "amx": has_amx(),
+            "matrix_flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")) or f == "avx2")}
 
 
 def int8_weight_type() -> str:

@@ -109,9 +109,40 @@ def test_fp16_target_refused_for_gemma(capsys, tmp_path):
 
 
 def test_trt_options_on_a_non_trt_target(capsys, tiny_ckpt):
-    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "ort-cpu", "--trt-max-batch", "8"], "TensorRT targets only")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "ort-cpu", "--trt-max-batch", "8"], "--trt-max-batch",
+           "trt-fp16", "not to --target ort-cpu")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--target", "ov-cpu", "--ov-int8", "weights"], "--ov-int8",
+           "--target ov-cpu-int8 only")
     _fails(capsys, ["--model", str(tiny_ckpt), "--target", "trt-fp16", "--trt-seq-buckets", "12,x"],
            "--trt-seq-buckets", "positive integers")
+
+
+def test_openvino_targets_convert_the_fp32_export(capsys, tmp_path):
+    from parity_tests.decoder_checkpoints import tiny_gemma_reranker
+
+    ckpt = tiny_gemma_reranker(tmp_path / "gemma")
+    _fails(capsys, ["--model", str(ckpt), "--target", "ov-cpu-bf16", "--export-dtype", "bf16"],
+           "drop --export-dtype bf16", "runs it at bf16 itself")
+
+
+def test_bf16_bundle_on_a_cpu_without_bf16_is_refused(tiny_ckpt, tmp_path):
+    """On a CPU without bf16 the build writes the bundle with parity skipped and says why; loading it is refused
+    with what to build instead (OpenVINO would silently run fp32). With bf16 it compiles in bf16."""
+    from bge_export.compile import compile_bundle
+    from bge_export.parity import openvino_bf16
+    from runtimes.errors import IncompatibleBundleError
+
+    result = compile_bundle(tiny_ckpt, "ov-cpu-bf16", tmp_path / "b", log=lambda m: None, quiet=True,
+                            gate_retrieval=False)
+    assert result.manifest.engine["inference_precision"] == "bf16" and result.manifest.precision == "bf16"
+    if openvino_bf16():
+        assert result.parity_ok is True, result.parity_text
+        model = runtimes.load(result.bundle)
+        assert str(model.backend.property("INFERENCE_PRECISION_HINT")) in ("bf16", "<Type: 'bfloat16'>")
+        return
+    assert result.parity_ok is None and "no bf16 instructions" in result.parity_text, result.parity_text
+    with pytest.raises(IncompatibleBundleError, match="no bf16 instructions.*--target ov-cpu"):
+        runtimes.load(result.bundle)
 
 
 def test_unwritable_out_under_a_file(capsys, tiny_ckpt, tmp_path):

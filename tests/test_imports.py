@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BLOCK = "import sys\nfor m in ('torch', 'onnxruntime', 'tensorrt', 'transformers', 'onnx', 'FlagEmbedding'):\n    sys.modules[m] = None\n"
+BLOCK = ("import sys\nfor m in ('torch', 'onnxruntime', 'tensorrt', 'transformers', 'onnx', 'FlagEmbedding', 'openvino', "
+         "'nncf'):\n    sys.modules[m] = None\n")
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -18,7 +19,8 @@ def test_light_imports_without_heavy_dependencies():
     code = (
         "import bge_export, runtimes, bge_export.cli, bge_export.families, bge_export.build.targets, "
         "bge_export.parity, bge_export.compile, bge_export.checkpoint, runtimes.manifest, runtimes.bundle, "
-        "runtimes.service, runtimes.encoder, runtimes.backends, runtimes.options, runtimes.cpu, bge_export.retrieval_set\n"
+        "runtimes.service, runtimes.encoder, runtimes.backends, runtimes.options, runtimes.cpu, bge_export.retrieval_set, "
+        "runtimes.backends.openvino, bge_export.build.ov\n"
         "from runtimes import FlagModel, FlagReranker, BGEM3FlagModel, FlagLLMReranker, LayerWiseFlagLLMReranker, "
         "LightWeightFlagLLMReranker, FlagLLMModel, FlagICLModel, FlagAutoModel, FlagAutoReranker\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'tensorrt') if sys.modules.get(m) is not None]\n"
@@ -37,6 +39,8 @@ def test_help_without_heavy_dependencies():
 def test_missing_dependency_names_the_extra():
     r = _run("from runtimes._optional import require\ntry:\n    require('torch')\nexcept Exception as e:\n    print(e)\n")
     assert "pip install 'bge-export[export]'" in r.stdout and "torch==2.13.0" in r.stdout
+    r = _run("from runtimes._optional import require\ntry:\n    require('openvino')\nexcept Exception as e:\n    print(e)\n")
+    assert "pip install 'bge-export[openvino]'" in r.stdout, r.stdout + r.stderr
 
 
 def test_runtimes_is_this_project():
@@ -63,3 +67,8 @@ def test_families_command_lists_the_matrix(capsys):
     assert fams["encoder"]["targets"][:3] == ["onnx", "ort-cpu", "ort-cpu-int8"]
     assert "trt-int8" in fams["m3"]["targets"] and "trt-bf16" not in fams["encoder"]["targets"]
     assert "trt-bf16" in fams["llm-embedder"]["targets"] and "TensorRT" in d["targets"]["trt-fp16"]
+    # the CPU's capabilities and the target a build without --target picks here (bf16 first, else fp32 OpenVINO)
+    cpu = d["cpu"]
+    assert cpu["cpu"] and {"avx2", "avx512", "vnni", "bf16", "amx", "matrix_flags"} <= set(cpu)
+    assert cpu["default_target"] == ("ov-cpu-bf16" if cpu["bf16"] else "ov-cpu"), cpu
+    assert all(t in fams[f]["targets"] for f in fams for t in ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8"))

@@ -16,6 +16,10 @@ class Target:
     description: str
     builder: str  # "module:function" taking (family, exported, out_dir, log) -> BuildResult
     requires: tuple[str, ...] = ()  # modules the build needs beyond the export extra (checked before exporting)
+    # True where the engine takes the fp32 export and runs it at its precision itself (OpenVINO's bf16 hint), so
+    # the decoder families are not exported in half precision for it
+    from_fp32_export: bool = False
+    options: tuple[str, ...] = ()  # the builder's keyword options (command-line flags in OPTION_FLAGS)
 
     def build_fn(self) -> Callable:
         import importlib
@@ -25,6 +29,11 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {}
+# builder option -> the command-line flag that sets it (error messages name the flag)
+OPTION_FLAGS = {"sequence_buckets": "--trt-seq-buckets", "max_batch": "--trt-max-batch", "opt_batch": "--trt-opt-batch",
+                "timing_cache": "--timing-cache", "optimization_level": "--trt-opt-level",
+                "workspace_gb": "--trt-workspace-gb", "int8_method": "--ov-int8"}
+TRT_OPTIONS = ("sequence_buckets", "max_batch", "opt_batch", "timing_cache", "optimization_level", "workspace_gb")
 
 
 def register_target(t: Target) -> Target:
@@ -44,6 +53,20 @@ register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProv
                        "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
                        "CPUs, unsigned without; FFN down-projections kept fp32)",
                        "bge_export.build.ort:build_ort_cpu_int8"))
+OV_REQUIRES = ("openvino",)
+register_target(Target("ov-cpu", "fp32", "openvino", (),
+                       "OpenVINO IR for the CPU, fp32 inference precision (converted from the ONNX export)",
+                       "bge_export.build.ov:build_ov_cpu", requires=OV_REQUIRES, from_fp32_export=True))
+register_target(Target("ov-cpu-bf16", "bf16", "openvino", (),
+                       "OpenVINO IR compiled in bf16 on CPUs with AMX or AVX512-BF16 (norms and softmax sums stay "
+                       "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
+                       requires=OV_REQUIRES, from_fp32_export=True))
+register_target(Target("ov-cpu-int8", "int8", "openvino", (),
+                       "OpenVINO IR quantized with NNCF: static int8 calibrated on representative text, FFN "
+                       "down-projections kept float (or weight-only int8 with --ov-int8 weights)",
+                       "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
+                       from_fp32_export=True, options=("int8_method",)))
+
 register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
                        "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
                        "bge_export.build.ort:build_ort_cpu"))
@@ -61,9 +84,10 @@ for _name, _precision, _what, _fn in (("trt-fp16", "fp16", "the fp16 ONNX of onn
                                       ("trt-int8", "int8", "the QDQ ONNX of onnx-int8", "build_trt_int8")):
     register_target(Target(_name, _precision, "tensorrt", (),
                            f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
-                           f"bge_export.build.trt:{_fn}", requires=("tensorrt",)))
+                           f"bge_export.build.trt:{_fn}", requires=("tensorrt",), options=TRT_OPTIONS))
 
 CPU_TARGETS = ("onnx", "ort-cpu", "ort-cpu-int8")
+OV_TARGETS = ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8")
 GPU_TARGETS = ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
 
 
@@ -85,6 +109,38 @@ def get_target(name: str, family=None) -> Target:
     return t
 
 
+def check_build_options(t: Target, options: dict) -> None:
+    """Refuse builder options the target does not take, naming the flags and the targets that do."""
+    wrong = [k for k in options if k not in t.options]
+    if wrong:
+        flags = ", ".join(OPTION_FLAGS.get(k, k) for k in wrong)
+        takers = sorted({n for n, x in TARGETS.items() if any(k in x.options for k in wrong)})
+        raise UnsupportedTargetError(f"{flags} {'applies' if len(wrong) == 1 else 'apply'} to --target "
+                                     f"{' / '.join(takers)} only, not to --target {t.name}; drop "
+                                     f"{'it' if len(wrong) == 1 else 'them'} or pick one of those targets")
+
+
 def target_precision(t: Target, half: str) -> str:
     """The precision a target builds for a family whose half type is ``half``."""
     return half if t.precision == "half" else t.precision
+
+
+# Which fp32 target is faster on a CPU without bf16, measured engine-only with bge-export bench (README,
+# "Which CPU target"); set from that measurement, not assumed.
+FP32_CPU_DEFAULT = "ov-cpu"
+
+
+def default_cpu_target() -> tuple[str, str]:
+    """(target, why): the fastest non-int8 CPU target for this CPU, what `bge-export` builds without --target."""
+    from runtimes._optional import available
+    from runtimes.cpu import capabilities
+
+    cpu = capabilities()
+    if not available("openvino"):
+        return "ort-cpu", ("OpenVINO is not installed; pip install 'bge-export[openvino]' for the ov-cpu targets, "
+                           "which run bf16 on CPUs that have it")
+    if cpu["bf16"]:
+        return "ov-cpu-bf16", (f"{cpu['cpu']} has {'AMX' if cpu['amx'] else 'AVX512-BF16'}: bf16 runs several times "
+                               "faster than fp32 and passes the half-precision parity gates")
+    return FP32_CPU_DEFAULT, (f"{cpu['cpu']} has no bf16 instructions; {FP32_CPU_DEFAULT} is the faster fp32 target on "
+                              "CPUs without them (measured, README: Which CPU target)")

@@ -73,12 +73,13 @@ def ort_runner(onnx_path: Path, family):
     return lambda feeds: sess.run(names, feeds)
 
 
-def compare_graph(reference, onnx_path: Path, family, *, tolerance: float, what: str) -> dict:
-    """Run ``onnx_path`` in ONNX Runtime and ``reference`` (feeds -> outputs) on CHECK_SHAPES; raise on a mismatch.
+def compare_graph(reference, candidate, family, *, tolerance: float, what: str) -> dict:
+    """Run ``candidate`` (an ONNX path, run in ONNX Runtime, or a function feeds -> outputs) and ``reference``
+    (feeds -> outputs) on CHECK_SHAPES; raise on a mismatch.
     Each output's error is relative to its own scale over all the shapes (max(1, max |reference|)), the rule of
     the parity tolerance table: a reranker logit of -190 that moves by 0.02 on one row is fine, because another
     row's logit reaches -576."""
-    run = ort_runner(onnx_path, family)
+    run = candidate if callable(candidate) else ort_runner(candidate, family)
     pairs = []
     for b, s in CHECK_SHAPES:
         feeds = example_feeds(family, b, s)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS
+from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.families.encoder import EncoderFamily, check_backbone_checkpoint
 
@@ -21,7 +21,7 @@ class CrossEncoderFamily(Family):
     reference_api = "FlagReranker"
     description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
     checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
-    targets = CPU_TARGETS + GPU_TARGETS
+    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "score", "golden")
 
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS
+from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 
 ARCHITECTURES = {
@@ -43,7 +43,7 @@ class EncoderFamily(Family):
         "BAAI/bge-small-en", "BAAI/bge-base-en", "BAAI/bge-large-en",
         "BAAI/bge-small-zh", "BAAI/bge-base-zh", "BAAI/bge-large-zh", "BAAI/llm-embedder",
     )
-    targets = CPU_TARGETS + GPU_TARGETS
+    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "dense", "golden")
 
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS
+from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint
 
@@ -20,7 +20,7 @@ class M3Family(Family):
     reference_api = "BGEM3FlagModel"
     description = "BGE-M3 with dense, sparse and ColBERT heads in one graph: bge-m3"
     checkpoints = ("BAAI/bge-m3",)
-    targets = CPU_TARGETS + GPU_TARGETS
+    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "dense", "sparse", "colbert", "scores", "golden")
 
     @classmethod

@@ -14,6 +14,7 @@ from runtimes.errors import IncompatibleBundleError, InputError
 _BACKENDS = {
     "onnxruntime": "runtimes.backends.ort:OrtBackend",
     "tensorrt": "runtimes.backends.trt:TrtBackend",
+    "openvino": "runtimes.backends.openvino:OpenVinoBackend",
 }
 
 

@@ -1,0 +1,122 @@
+"""OpenVINO backend (CPU): compiles the bundle's IR (model.xml + model.bin) with the precision, thread count and
+compiled-model cache its manifest records, and runs it with one infer request per calling thread.
+
+The inference precision is always set explicitly: on a CPU with bf16 instructions OpenVINO's own default is bf16,
+so an fp32 bundle left at the default would silently run in bf16. The reverse holds too: on a CPU without bf16
+OpenVINO quietly runs a bf16 request in fp32, so a bf16 bundle is refused there with what to build instead.
+
+``buckets=True`` pads each call's sequence length up to a power of two (and its batch to a bucket), so that a
+stream of ragged requests reuses a few shapes; ``False`` (default) runs every shape as it comes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from runtimes._optional import require
+from runtimes.backends.base import Backend
+from runtimes.backends.ort import BATCH_BUCKETS, bucket, sequence_bucket
+from runtimes.errors import IncompatibleBundleError, InputError
+
+# manifest "inference_precision" -> OpenVINO's INFERENCE_PRECISION_HINT value
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def default_cache_dir() -> Path:
+    """Where compiled models are cached between loads (OpenVINO keys each entry on the model and its settings)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "bge-export" / "openvino"
+
+
+def device_supports_bf16(core) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def compile_config(engine: dict, num_threads: int | None = None) -> dict:
+    """The compile settings of a bundle's engine entry (the runtime, the build's check and the benchmarks)."""
+    threads = int(engine.get("num_threads", 0) if num_threads is None else num_threads)
+    config = {"INFERENCE_PRECISION_HINT": HINTS[engine.get("inference_precision", "fp32")],
+              "PERFORMANCE_HINT": engine.get("performance_hint", "LATENCY")}
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+class OpenVinoBackend(Backend):
+    """``num_threads`` overrides the manifest's (0: all cores); ``cache_dir`` the compiled-model cache folder
+    (None: no cache); ``buckets`` pads to shape buckets (see the module doc)."""
+
+    def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
+                 num_threads: int | None = None, cache_dir: str | Path | None = "default", buckets: bool | None = None,
+                 **options):
+        if options:
+            raise InputError(f"unknown OpenVINO backend options {sorted(options)} (supported: num_threads, "
+                             "cache_dir, buckets)")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 0):
+            raise InputError(f"num_threads must be an int >= 0 (0: all cores), got {num_threads!r}")
+        super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
+        ov = require("openvino")
+        self.core = ov.Core()
+        precision = engine.get("inference_precision", "fp32")
+        if precision not in HINTS:
+            raise IncompatibleBundleError(f"this bundle asks OpenVINO for inference precision {precision!r}, which "
+                                          f"this runtime does not know ({', '.join(HINTS)}); upgrade bge-export")
+        if precision == "bf16" and not device_supports_bf16(self.core):
+            from runtimes.cpu import cpu_name
+
+            raise IncompatibleBundleError(
+                f"this bundle runs in bf16, but this CPU ({cpu_name()}) has no bf16 instructions (OpenVINO lists "
+                f"{self.core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}; bf16 needs AVX512-BF16 or AMX); "
+                "OpenVINO would silently run it in fp32. Build --target ov-cpu (fp32) or ov-cpu-int8 for this machine")
+        self.buckets = bool(engine.get("buckets", False) if buckets is None else buckets)
+        config = compile_config(engine, num_threads)
+        if cache_dir == "default":
+            cache_dir = default_cache_dir() if engine.get("cache", True) else None
+        if cache_dir is not None:
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                config["CACHE_DIR"] = str(cache_dir)
+            except OSError:  # a read-only home: compile every time rather than fail
+                pass
+        self.cache_dir = config.get("CACHE_DIR")
+        try:
+            self.compiled = self.core.compile_model(str(self.engine_file), "CPU", config)
+        except RuntimeError as exc:
+            raise IncompatibleBundleError(f"OpenVINO could not compile {self.engine_file}: {str(exc).strip()[:500]}; "
+                                          "rebuild the bundle with this bge-export") from None
+        self.ports = {p.get_any_name(): p for p in self.compiled.outputs}
+        missing = [n for n in self.output_names if n not in self.ports]
+        if missing:
+            raise IncompatibleBundleError(f"the OpenVINO model has no outputs {missing} (it has {sorted(self.ports)}); "
+                                          "the bundle is damaged, rebuild it")
+        self.input_dtypes = {spec["name"]: np.dtype(spec.get("dtype", "int64")) for spec in inputs}
+        self._local = threading.local()
+
+    def property(self, name: str):
+        """A property of the compiled model (e.g. INFERENCE_PRECISION_HINT, NUM_STREAMS)."""
+        return self.compiled.get_property(name)
+
+    def _request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
+    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n, length = self.batch_and_length(feeds)
+        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets and length \
+            else (n, length)
+        if shape != (n, length):
+            feeds = self.pad_feeds(feeds, *shape)
+        feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}
+        results = self._request().infer(feeds)
+        out = {}
+        for name in self.output_names:
+            value = results[self.ports[name]]
+            # infer() returns copies (share_outputs=False): no further copy unless padding is sliced off
+            out[name] = self.unpad_output(name, value, n, length, shape[1]) if shape != (n, length) else value
+        return out
