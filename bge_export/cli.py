@@ -41,8 +41,8 @@ TARGET_HELP = """targets:
   ov-cpu         OpenVINO IR, fp32 inference precision (needs the openvino extra)
   ov-cpu-bf16    OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);
                  norms and softmax sums stay fp32; refused on CPUs without bf16
-  ov-cpu-int8    OpenVINO IR quantized with NNCF (static int8 calibrated on text; --ov-int8 weights for
-                 weight-only int8)
+  ov-cpu-int8    OpenVINO IR quantized with NNCF: int8 weights (default; the accurate one), or --ov-int8
+                 static for int8 weights and activations calibrated on text
   ort-cuda       fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs
   ort-cuda-fp16  the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)
   onnx-fp16      the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime
@@ -126,9 +126,9 @@ def main_parser() -> argparse.ArgumentParser:
     t.add_argument("--trt-workspace-gb", type=float, metavar="GB", default=None,
                    help="workspace memory limit for the builder (default: TensorRT's, the GPU's memory)")
     o = p.add_argument_group("OpenVINO targets (ov-cpu*)")
-    o.add_argument("--ov-int8", choices=("static", "weights"), default=None,
-                   help="ov-cpu-int8: static (int8 weights and activations, calibrated; default) or weights "
-                        "(int8 weights only, float compute)")
+    o.add_argument("--ov-int8", choices=("weights", "static"), default=None,
+                   help="ov-cpu-int8: weights (int8 weights, float compute; default) or static (int8 weights and "
+                        "activations calibrated on text; less accurate, faster only where int8 is fast)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")

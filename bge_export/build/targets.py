@@ -62,8 +62,8 @@ register_target(Target("ov-cpu-bf16", "bf16", "openvino", (),
                        "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
                        requires=OV_REQUIRES, from_fp32_export=True))
 register_target(Target("ov-cpu-int8", "int8", "openvino", (),
-                       "OpenVINO IR quantized with NNCF: static int8 calibrated on representative text, FFN "
-                       "down-projections kept float (or weight-only int8 with --ov-int8 weights)",
+                       "OpenVINO IR quantized with NNCF: int8 weights (or --ov-int8 static: int8 weights and "
+                       "activations calibrated on text, FFN down-projections kept float)",
                        "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
                        from_fp32_export=True, options=("int8_method",)))
 

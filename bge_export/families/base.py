@@ -82,9 +82,6 @@ class Family:
     # True where the family exports its half-precision graphs from its own implementation (which keeps norms,
     # RoPE and softmax fp32) instead of converting an fp32 export with ONNX Runtime's generic converter
     half_export: ClassVar[bool] = False
-    # ov-cpu-int8's default NNCF method: "static" (int8 weights and activations, calibrated) or "weights"
-    # (weight-only int8), chosen per family by accuracy on the parity suite (README: OpenVINO int8)
-    ov_int8_method: ClassVar[str] = "static"
 
     def export_dtype(self) -> str:
         """The weight dtype of this family object's export (fp32 unless its variant says otherwise)."""

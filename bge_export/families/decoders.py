@@ -44,9 +44,6 @@ class DecoderFamily(Family, abstract=True):
     export_module_is_reference = True  # our own implementation: the export check reuses the exported module
     ort_fusions = "decoder"  # norms only; attention stays unfused (build/ort.py)
     half_export = True  # fp16 / bf16 graphs come from --export-dtype (build/half.py)
-    # static int8 (activations too) cost the tiny Gemma reranker its rank order (Spearman 0.947 < 0.95); int8
-    # weights with float compute kept it (0.9987), and weight-only int8 is what LLM deployments use anyway
-    ov_int8_method = "weights"
     model_types: tuple[str, ...] = ()
     variant_keys: tuple[str, ...] = ("export_dtype",)
 

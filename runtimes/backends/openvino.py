@@ -42,6 +42,8 @@ def compile_config(engine: dict, num_threads: int | None = None) -> dict:
               "PERFORMANCE_HINT": engine.get("performance_hint", "LATENCY")}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
+    if "dynamic_quantization_group_size" in engine:
+        config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = int(engine["dynamic_quantization_group_size"])
     return config
 
 
