@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bge_export.parity import (SCALE_FLOOR, cosine_rows, gate, load_for_parity, quiet_stderr, rel_spread_error,
-                               rerank_pairs, scaled_error, spearman, spread)
+from bge_export.parity import (SCALE_FLOOR, cached_reference, cosine_rows, gate, load_for_parity, quiet_stderr,
+                               rel_spread_error, rerank_pairs, scaled_error, spearman, spread)
 
 QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
 ICL_EXAMPLES = [
@@ -54,7 +54,7 @@ def reference_pair_ids(family, reference, pairs, query_max_length: int, max_leng
 
 
 def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    reference = family.reference()  # built with the bundle's cutoff layers and compression
+    reference = cached_reference(family)  # built with the bundle's cutoff layers and compression
     model = load_for_parity(bundle_path, batch_size=16)
     pairs, edge_pairs = rerank_pairs(texts)
     pairs = pairs[:160]
@@ -104,7 +104,7 @@ def reranker_parity(family, bundle_path: Path, precision: str, texts: dict, *, l
 # --- embedders ----------------------------------------------------------------------------------------------
 
 def embedder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = load_for_parity(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
 

@@ -240,6 +240,66 @@ def rel_spread_error(ref, got) -> float:
     return scaled_error(ref, got, spread(ref))
 
 
+# --- the reference, with its results remembered for the process ----------------------------------------
+
+# FlagEmbedding's pure calls (same checkpoint, variant, options, state and arguments give the same result)
+_MEMO_METHODS = frozenset({"encode", "encode_queries", "encode_corpus", "compute_score", "convert_id_to_token",
+                           "compute_lexical_matching_score", "colbert_score"})
+_STATE_METHODS = frozenset({"set_examples"})  # calls that change what later calls return
+_REFERENCE_RESULTS: dict[tuple, object] = {}
+
+
+def _digest(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, default=repr, ensure_ascii=False).encode()).hexdigest()
+
+
+class CachedReference:
+    """FlagEmbedding's reference object for one parity run. Its pure calls are remembered for the process, keyed
+    on the checkpoint's weights, the family's variant, the constructor options, the state-changing calls made so
+    far (set_examples) and the arguments, so that parity of several targets of one checkpoint (the test suite,
+    `bge-export bench` checks) runs FlagEmbedding once. The real object is built on the first call it must
+    answer, and replays this run's state-changing calls; every run starts from a fresh object's state."""
+
+    def __init__(self, family, **kwargs):
+        self._family, self._kwargs = family, kwargs
+        self._key = _digest(str(family.ckpt.path), family.ckpt.weights_sha256(), family.variant, kwargs)
+        self._obj = None
+        self._state: list[tuple] = []
+
+    def _real(self):
+        if self._obj is None:
+            self._obj = self._family.reference(**self._kwargs)
+            for name, args, kwargs in self._state:
+                getattr(self._obj, name)(*args, **kwargs)
+        return self._obj
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in _MEMO_METHODS:
+            return functools.partial(self._memo, name)
+        if name in _STATE_METHODS:
+            def change(*args, **kwargs):
+                self._state.append((name, args, kwargs))
+                return None if self._obj is None else getattr(self._obj, name)(*args, **kwargs)
+            return change
+        return getattr(self._real(), name)
+
+    def _memo(self, name: str, *args, **kwargs):
+        import copy
+
+        key = (self._key, _digest(self._state), name, _digest(args, kwargs))
+        if key not in _REFERENCE_RESULTS:
+            _REFERENCE_RESULTS[key] = getattr(self._real(), name)(*args, **kwargs)
+        return copy.deepcopy(_REFERENCE_RESULTS[key])
+
+
+def cached_reference(family, **kwargs) -> CachedReference:
+    return CachedReference(family, **kwargs)
+
+
 class ParityDevice(NamedTuple):
     backend_options: dict  # for runtimes.load
     name: str  # for the report
@@ -336,7 +396,7 @@ QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print,
                    gate_retrieval: bool = True) -> tuple[list[Check], dict]:
     """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
-    reference = family.reference(query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = load_for_parity(bundle_path, query_instruction_for_retrieval=QUERY_INSTRUCTION, batch_size=16)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
     everything = edge + queries + corpus
@@ -452,7 +512,7 @@ def cross_encoder_parity(family, bundle_path: Path, precision: str, texts: dict,
     """FlagReranker vs runtimes.load(bundle).compute_score; returns (checks, golden sample)."""
     from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
-    reference = family.reference()
+    reference = cached_reference(family)
     model = load_for_parity(bundle_path, batch_size=16)
     pairs, edge_pairs = rerank_pairs(texts)
     everything = pairs + edge_pairs
@@ -517,7 +577,7 @@ def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
 
 def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
     """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
-    reference = family.reference()
+    reference = cached_reference(family)
     model = load_for_parity(bundle_path, batch_size=16)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
     everything = edge + queries + corpus[:120]

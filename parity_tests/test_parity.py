@@ -10,7 +10,7 @@ import runtimes
 from bge_export.build.targets import CPU_TARGETS, TARGETS
 from bge_export.families import FAMILIES
 from bge_export.parity import TOLERANCES
-from parity_tests.conftest import CASES
+from parity_tests.conftest import CASE_VARIANTS, CASES
 
 
 # Random weights at initializer_range 0.5 with hidden 48 / 3 heads give attention logits so large that softmax is
@@ -58,16 +58,34 @@ def test_parity(bundle, case, target):
     assert result.manifest.parity["passed"]
 
 
+# bf16 keeps 8 mantissa bits. On real weights that passes the half-precision gates (all-MiniLM-L6-v2 in OpenVINO
+# bf16: cosine min 0.99999, issue 12). The random-weight checkpoints at large initializer ranges amplify rounding
+# on purpose: torch's own bf16 autocast of them already misses the half bounds (AMD EPYC, torch 2.13, 64 texts:
+# tiny-bert cosine min 0.9960, tiny-xlmr 0.9984, m3 dense 0.9982, ColBERT 5.1e-2 of the largest norm, rerankers
+# 1.2e-2 to 3.3e-2 of the score spread; only the Gemma2 embedder holds, 0.99977). There the build reports the
+# failing gate (and exits 1), and this test checks that bf16 really ran and stayed within the int8 sanity bounds.
+BF16_GATED = {"minilm-real"}
+
+
 @pytest.mark.parametrize("case", OV_CASES)
 def test_ov_bf16_parity_or_a_clear_skip(bundle, case):
     from bge_export.parity import openvino_bf16
 
     result = bundle(case, "ov-cpu-bf16")
     print(result.parity_text)
-    if openvino_bf16():
-        assert result.parity_ok, result.parity_text
-    else:  # OpenVINO would run the bundle in fp32 here: parity must not pretend to have checked bf16
+    if not openvino_bf16():  # OpenVINO would run the bundle in fp32 here: parity must not pretend to check bf16
         assert result.parity_ok is None and "no bf16 instructions" in result.parity_text, result.parity_text
+        return
+    report = result.manifest.parity
+    assert report is not None and "bf16" in report["device"], report
+    if case in BF16_GATED:
+        assert result.parity_ok, result.parity_text
+        return
+    values = {(c["output"], c["metric"]): c["value"] for c in report["checks"]}
+    sanity = {k: v for k, v in values.items() if k[1] in ("cosine_mean", "spearman")}
+    assert sanity, values
+    for (output, metric), v in sanity.items():
+        assert v >= (0.99 if metric == "cosine_mean" else 0.95), (output, metric, v)
 
 
 def _values(result):
@@ -234,3 +252,25 @@ def test_gpu_bundle_parity_says_where_it_ran(bundle):
         assert device == "CUDAExecutionProvider"
     else:
         assert device.startswith("CPUExecutionProvider (no CUDA here")
+
+
+def test_reference_results_are_shared_between_runs_but_state_is_not(checkpoint_dir):
+    """Parity of several targets runs FlagEmbedding once per checkpoint (cached_reference); a run that changed the
+    reference's state (FlagICLModel.set_examples) does not leak it into the next run."""
+    from bge_export.compile import prepare
+    from bge_export.decoder_parity import ICL_EXAMPLES
+    from bge_export.parity import cached_reference
+
+    family, _ = prepare(checkpoint_dir("tiny-icl"), "onnx", **CASE_VARIANTS.get("tiny-icl", {}))
+    queries = ["what is the capital of France?", "how do volcanoes form"]
+    first = cached_reference(family)
+    plain = first.encode_queries(queries)
+    first.set_examples(ICL_EXAMPLES)
+    with_examples = first.encode_queries(queries)
+    assert np.abs(plain - with_examples).max() > 1e-3  # the examples change the query embeddings
+    second = cached_reference(family)
+    again = second.encode_queries(queries)
+    assert second._obj is None  # answered from the first run's results, without building FlagEmbedding again
+    np.testing.assert_array_equal(again, plain)
+    again[:] = 0  # callers get copies
+    np.testing.assert_array_equal(second.encode_queries(queries), plain)

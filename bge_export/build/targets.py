@@ -125,9 +125,10 @@ def target_precision(t: Target, half: str) -> str:
     return half if t.precision == "half" else t.precision
 
 
-# Which fp32 target is faster on a CPU without bf16, measured engine-only with bge-export bench (README,
-# "Which CPU target"); set from that measurement, not assumed.
-FP32_CPU_DEFAULT = "ov-cpu"
+# The faster fp32 target on a CPU without bf16, by measurement (README, "Which CPU target"): on the AMD EPYC
+# (Zen 3, AVX2) of issue 12's session, real MiniLM engine-only, interleaved, 2 threads, ort-cpu and ov-cpu were
+# even at 32 x 128 (802 vs 748 ms, then 856 vs 862 ms) and ort-cpu was faster at 1 x 128 (23-30 vs 47-52 ms).
+FP32_CPU_DEFAULT = "ort-cpu"
 
 
 def default_cpu_target() -> tuple[str, str]:
@@ -142,5 +143,5 @@ def default_cpu_target() -> tuple[str, str]:
     if cpu["bf16"]:
         return "ov-cpu-bf16", (f"{cpu['cpu']} has {'AMX' if cpu['amx'] else 'AVX512-BF16'}: bf16 runs several times "
                                "faster than fp32 and passes the half-precision parity gates")
-    return FP32_CPU_DEFAULT, (f"{cpu['cpu']} has no bf16 instructions; {FP32_CPU_DEFAULT} is the faster fp32 target on "
-                              "CPUs without them (measured, README: Which CPU target)")
+    return FP32_CPU_DEFAULT, (f"{cpu['cpu']} has no bf16 instructions (AVX512-BF16 or AMX); {FP32_CPU_DEFAULT} is the "
+                              "faster fp32 target on such CPUs (measured, README: Which CPU target)")

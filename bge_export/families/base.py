@@ -70,8 +70,9 @@ class Family:
         return {}
 
     @classmethod
-    def flops(cls, model_info: dict, batch: int, seq: int) -> float:
-        """Nominal FLOPs of one forward at (batch, seq), from the manifest's model info (benchmarks)."""
+    def flops(cls, model_info: dict, batch: int, seq: int, variant: dict | None = None) -> float:
+        """FLOPs of one forward at (batch, seq), from the manifest's model info (benchmarks); ``variant``: the
+        bundle's, where it changes the work done (None: the reference's full forward)."""
         raise NotImplementedError
 
     @staticmethod

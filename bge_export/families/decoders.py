@@ -94,7 +94,7 @@ class DecoderFamily(Family, abstract=True):
                 "intermediate_size": s.intermediate, "vocab_size": s.vocab, "layers_in_graph": self.layers_in_graph()}
 
     @classmethod
-    def flops(cls, info: dict, batch: int, seq: int) -> float:
+    def flops(cls, info: dict, batch: int, seq: int, variant: dict | None = None) -> float:
         h, i, n = info["hidden_size"], info["intermediate_size"], info["layers_in_graph"]
         q, kv = info["num_attention_heads"] * info["head_dim"], info["num_key_value_heads"] * info["head_dim"]
         per_token_layer = 2 * (2 * h * q + 2 * h * kv + 3 * h * i) + 2 * 2 * seq * q

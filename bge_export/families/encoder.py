@@ -102,11 +102,17 @@ class EncoderFamily(Family):
         return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
 
     @classmethod
-    def flops(cls, model_info: dict, batch: int, seq: int) -> float:
-        """Matmuls (QKV, output, FFN) and attention of the full encoder; the CLS-only last layer is not discounted."""
+    def flops(cls, model_info: dict, batch: int, seq: int, variant: dict | None = None) -> float:
+        """Matmuls (QKV, output, FFN) and attention of the encoder. With a CLS-only last layer (the bundle's
+        variant) that layer computes keys and values for every token but query, attention, output and FFN for the
+        CLS row only: the work the engine does, so that its GFLOP/s compare with a GEMM peak."""
         h, i, layers = model_info["hidden_size"], model_info["intermediate_size"], model_info["num_hidden_layers"]
         per_token_layer = 2 * (4 * h * h + 2 * h * i) + 2 * 2 * seq * h
-        return float(batch * seq * layers * per_token_layer)
+        full = float(batch * seq * layers * per_token_layer)
+        if not (variant or {}).get("cls_only_last_layer"):
+            return full
+        last_layer = batch * (seq * 2 * 2 * h * h + per_token_layer - 2 * 2 * h * h)
+        return full - batch * seq * per_token_layer + float(last_layer)
 
     def max_sequence_length(self) -> int:
         c = self.ckpt.config

@@ -1,0 +1,55 @@
+"""Which CPU target: every CPU target of this version on one checkpoint (default: the embedded real
+all-MiniLM-L6-v2), timed against FlagEmbedding and optimum in one `bge-export bench` run on this machine.
+
+    .venv/bin/python -m benchmarks.run_cpu_targets [--model PATH] [--out benchmarks/results/cpu-targets-minilm-<cpu>]
+
+Builds ort-cpu, ort-cpu-int8, ov-cpu, ov-cpu-int8 (weight-only, the default) and ov-cpu-int8 with --ov-int8
+static, plus ov-cpu-bf16 where the CPU has bf16 (AVX512-BF16 or AMX). Each row is divided by the peak of the
+precision it computes in, measured in the same run with the engine that runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from bge_export.cli import main
+
+HERE = Path(__file__).resolve().parent
+
+
+def targets() -> list[tuple[str, list[str]]]:
+    from runtimes.cpu import has_bf16
+
+    out = [("ort-cpu", []), ("ort-cpu-int8", []), ("ov-cpu", []), ("ov-cpu-int8", []),
+           ("ov-cpu-int8", ["--ov-int8", "static"])]
+    return out + ([("ov-cpu-bf16", [])] if has_bf16() else [])
+
+
+def run() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="checkpoint folder (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/cpu-targets-minilm-<cpu>)")
+    p.add_argument("--bench-args", default="", help="extra arguments for bge-export bench, e.g. '--repeats 3'")
+    args = p.parse_args()
+    if args.out is None:
+        from runtimes.cpu import capabilities
+
+        cpu = capabilities()
+        kind = "amx" if cpu["amx"] else "bf16" if cpu["bf16"] else "avx512" if cpu["avx512"] else "avx2"
+        args.out = str(HERE / "results" / f"cpu-targets-minilm-{kind}")
+    work = Path(tempfile.mkdtemp(prefix="bge-bench-bundles-"))
+    bundles = []
+    for target, flags in targets():
+        out = work / (target + "".join(flags).replace("--ov-int8", "-"))
+        model = ["--model", args.model] if args.model else []
+        rc = main(model + ["--target", target, "--out", str(out), "--quiet", "--no-parity", *flags])
+        if rc:
+            return rc
+        bundles.append(str(out))
+    return main(["bench", *bundles, "--out", args.out, *args.bench_args.split()])
+
+
+if __name__ == "__main__":
+    sys.exit(run())
