@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from bge_export.cli import main
+from benchmarks import build_and_bench
 
 HERE = Path(__file__).resolve().parent
 
@@ -39,16 +38,7 @@ def run() -> int:
         cpu = capabilities()
         kind = "amx" if cpu["amx"] else "bf16" if cpu["bf16"] else "avx512" if cpu["avx512"] else "avx2"
         args.out = str(HERE / "results" / f"cpu-targets-minilm-{kind}")
-    work = Path(tempfile.mkdtemp(prefix="bge-bench-bundles-"))
-    bundles = []
-    for target, flags in targets():
-        out = work / (target + "".join(flags).replace("--ov-int8", "-"))
-        model = ["--model", args.model] if args.model else []
-        rc = main(model + ["--target", target, "--out", str(out), "--quiet", "--no-parity", *flags])
-        if rc:
-            return rc
-        bundles.append(str(out))
-    return main(["bench", *bundles, "--out", args.out, *args.bench_args.split()])
+    return build_and_bench(args.model, targets(), args.out, args.bench_args)
 
 
 if __name__ == "__main__":

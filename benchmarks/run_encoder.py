@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from bge_export.cli import main
+from benchmarks import build_and_bench
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,17 +22,8 @@ def run() -> int:
     p.add_argument("--no-parity", action="store_true", help="build the bundles without their parity run (faster; "
                    "the bench still checks every cell's outputs against FlagEmbedding)")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bge-bench-bundles-"))
-    bundles = []
-    for target in ("ort-cpu", "ort-cpu-int8"):
-        out = work / target
-        model = ["--model", args.model] if args.model else []
-        flags = ["--quiet"] + (["--no-parity"] if args.no_parity else [])
-        rc = main(model + ["--target", target, "--out", str(out), *flags])
-        if rc:
-            return rc
-        bundles.append(str(out))
-    return main(["bench", *bundles, "--out", args.out, *args.bench_args.split()])
+    return build_and_bench(args.model, [("ort-cpu", []), ("ort-cpu-int8", [])], args.out, args.bench_args,
+                           parity=not args.no_parity)
 
 
 if __name__ == "__main__":
