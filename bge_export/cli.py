@@ -189,7 +189,8 @@ def cmd_inspect(argv: list[str]) -> int:
     lines = [
         f"bundle     {b.path}",
         f"family     {d['family']}  (FlagEmbedding API: {d['runtime']['api']})  variant {d['variant']}",
-        f"target     {d['target']}  precision {d['precision']}  engine {d['engine']['kind']} {d['engine']['providers']}",
+        f"target     {d['target']}  precision {d['precision']}  engine {d['engine']['kind']}"
+        + (f" {d['engine']['providers']}" if d["engine"].get("providers") else ""),
         f"source     {d['source']['checkpoint']}  weights sha256 {d['source']['weights_sha256'][:16]}...",
         f"model      {m.get('model_type')}  layers {m.get('num_hidden_layers')}  hidden {m.get('hidden_size')}  "
         f"heads {m.get('num_attention_heads')}  max length {d['profiles']['sequence']['max']}",
@@ -200,8 +201,12 @@ def cmd_inspect(argv: list[str]) -> int:
     ]
     if d["build"].get("fusions") is not None:
         lines.append("fusions    " + (", ".join(f"{k} x{v}" for k, v in d["build"]["fusions"].items()) or "none"))
-    if d["build"].get("quantization"):
-        q = d["build"]["quantization"]
+    q = d["build"].get("quantization")
+    if q and q.get("method", "").startswith("nncf"):
+        lines.append(f"int8       {q['method']}" + (f" ({q['what']})" if q.get("what") else "")
+                     + (f", calibration {q['calibration']}, kept float: {q['kept_float']} "
+                        f"({q['kept_float_nodes']} MatMuls)" if q.get("calibration") else ""))
+    elif q:
         lines.append(f"int8       per_channel={q['per_channel']} reduce_range={q['reduce_range']} ops={q['op_types_to_quantize']} "
                      f"weights={q.get('weight_type', 'QInt8')} kept fp32: {q.get('kept_float_nodes', 0)} FFN "
                      f"down-projections" + (f" (built on {q['built_on']})" if q.get("built_on") else ""))
@@ -212,6 +217,13 @@ def cmd_inspect(argv: list[str]) -> int:
     if b.get("qdq"):
         lines.append(f"qdq int8   {b['qdq']['quantized_matmuls']} MatMuls int8, kept float {b['qdq']['kept_float']}, "
                      f"float regions {b.get('float_regions')}")
+    if d["engine"]["kind"] == "openvino":
+        e = d["engine"]
+        lines.append(f"openvino   {b.get('openvino', '?')}: inference precision {e['inference_precision']}, threads "
+                     f"{e['num_threads'] or 'all'}, hint {e['performance_hint']}, compiled-model cache "
+                     f"{'on' if e.get('cache') else 'off'}, buckets {'on' if e.get('buckets') else 'off'}"
+                     + (f", dynamic quantization group {e['dynamic_quantization_group_size']}"
+                        if "dynamic_quantization_group_size" in e else ""))
     if d["engine"].get("tensorrt_version"):
         e = d["engine"]
         lines.append(f"tensorrt   {e['tensorrt_version']} for {e['gpu']} (sm {e['compute_capability']}); profiles "
@@ -309,6 +321,12 @@ def cmd_lint(argv: list[str]) -> int:
         from runtimes.bundle import open_bundle
 
         engine = open_bundle(path, verify=False).manifest.engine
+        if engine["kind"] == "openvino":
+            from bge_export.errors import UnsupportedTargetError
+
+            raise UnsupportedTargetError(f"{path} holds an OpenVINO IR, not an ONNX graph; lint the ONNX graph a "
+                                         "TensorRT engine would be built from (a bundle of --target onnx, onnx-fp16 "
+                                         "or onnx-int8 of the same checkpoint)")
         path = path / engine.get("onnx", engine["file"])
     report = lint_trt(path, trt_version=args.trt_version)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.format_text())

@@ -49,7 +49,8 @@ def tool_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "tokenizers", "FlagEmbedding"):
+    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "tokenizers",
+                 "FlagEmbedding"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -93,3 +93,14 @@ def test_static_int8_method_is_recorded_and_quantizes_activations(bundle, checkp
     cos = np.sum(got * want, axis=1)
     print("static int8 vs fp32 on tiny-bert, cosine per text:", np.round(cos, 4))
     assert float(cos.mean()) >= 0.8  # 0.93 here (AMD EPYC); a broken graph gives unrelated vectors
+
+
+def test_inspect_and_lint_on_an_openvino_bundle(ov_bundle, capsys):
+    from bge_export.cli import main
+
+    assert main(["inspect", str(ov_bundle.bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "engine openvino" in out and "inference precision fp32" in out and "model.bin" in out
+    assert main(["lint", str(ov_bundle.bundle)]) == 2
+    err = capsys.readouterr().err
+    assert "OpenVINO IR, not an ONNX graph" in err and "Traceback" not in err

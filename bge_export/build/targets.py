@@ -125,9 +125,9 @@ def target_precision(t: Target, half: str) -> str:
     return half if t.precision == "half" else t.precision
 
 
-# The faster fp32 target on a CPU without bf16, by measurement (README, "Which CPU target"): on the AMD EPYC
-# (Zen 3, AVX2) of issue 12's session, real MiniLM engine-only, interleaved, 2 threads, ort-cpu and ov-cpu were
-# even at 32 x 128 (802 vs 748 ms, then 856 vs 862 ms) and ort-cpu was faster at 1 x 128 (23-30 vs 47-52 ms).
+# The faster fp32 target on a CPU without bf16, by measurement (README, "Which CPU target",
+# `python -m benchmarks.run_cpu_targets`): on the AMD EPYC (Zen 3, AVX2) of issue 12's session, real MiniLM
+# engine-only, ov-cpu ran 0.85x to 1.13x ort-cpu, faster in 2 of the 9 batch x length cells.
 FP32_CPU_DEFAULT = "ort-cpu"
 
 
