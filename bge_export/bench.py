@@ -10,7 +10,8 @@ the cores from the next one. Timings per contender:
   e2e-queries  the LLM embedders only: ``encode_queries(queries)`` with a retrieval instruction
   engine       the model alone on pre-tokenized, pre-padded tensors
 Rows: median / p95 / p99 latency, tokens/s (real tokens the model sees), GFLOP/s of the work each contender does
-(a CLS-only last layer counts as such) and its fraction of the peak of its own precision measured here, the speed-up over FlagEmbedding, and a sanity check: the max abs difference of
+(a CLS-only last layer counts as such) and its fraction of the peak of its own precision measured here, the
+speed-up over FlagEmbedding, and a sanity check: the max abs difference of
 each e2e result from FlagEmbedding's on the same inputs. Output: bench.jsonl, bench.md, bench.png.
 """
 from __future__ import annotations
@@ -415,8 +416,9 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
     def e2e(mode, x, b, s):
         return api["modes"][mode](model, x, b, s)
 
-    static = (m.data["build"].get("quantization") or {}).get("method") == "nncf.quantize"
-    return Contender(f"bge-export {m.target}{'-static' if static else ''}", e2e, engine, contender_peak(m.data), m.data["variant"]), m.data, model
+    peak = contender_peak(m.data)
+    name = f"bge-export {m.target}" + ("-static" if peak == "int8-ov" else "")  # --ov-int8 static beside weights
+    return Contender(name, e2e, engine, peak, m.data["variant"]), m.data, model
 
 
 def _reference_contender(family, device: str = "cpu") -> Contender:

@@ -53,6 +53,7 @@ def test_shape_buckets_do_not_change_results(ov_bundle):
     ({"bogus": 1}, "unknown OpenVINO backend options ['bogus']"),
     ({"num_threads": -1}, "num_threads must be an int >= 0"),
     ({"num_threads": 1.5}, "num_threads must be an int >= 0"),
+    ({"cache_dir": 5}, "cache_dir must be a folder path"),
 ])
 def test_bad_backend_options(ov_bundle, options, needle):
     with pytest.raises(InputError, match=needle.replace("[", r"\[").replace("]", r"\]")):

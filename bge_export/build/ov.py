@@ -27,7 +27,8 @@ INT8_METHODS = ("weights", "static")
 # Picked by accuracy first (issue 12), measured on the parity suite with NNCF 3.4 / OpenVINO 2026.4: static int8
 # (activations too, per-tensor scales from calibration) failed the int8 gates on the random-weight XLM-R encoder
 # (cosine mean 0.923), cross-encoder (Spearman 0.748), m3 (dense cosine 0.943) and Gemma reranker (Spearman 0.947)
-# and ran slower than fp32 on an AMD EPYC without VNNI (MiniLM 32 x 128: 843 vs 748 ms); on the real MiniLM it
+# and ran slower than fp32 on an AMD EPYC without VNNI (0.68-0.84x ort-cpu engine-only, benchmarks/results/
+# cpu-targets-minilm-avx2); on the real MiniLM it
 # passed with 0.6 points of recall@10 lost. Weight-only int8 passed everywhere (Spearman >= 0.992, cosine mean
 # >= 0.999) at fp32 speed or better. So "weights" is the default and --ov-int8 static stays available.
 DEFAULT_INT8_METHOD = "weights"

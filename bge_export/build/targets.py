@@ -142,6 +142,6 @@ def default_cpu_target() -> tuple[str, str]:
                            "which run bf16 on CPUs that have it")
     if cpu["bf16"]:
         return "ov-cpu-bf16", (f"{cpu['cpu']} has {'AMX' if cpu['amx'] else 'AVX512-BF16'}: bf16 runs several times "
-                               "faster than fp32 and passes the half-precision parity gates")
+                               "faster than fp32, and parity gates it at the half-precision bounds")
     return FP32_CPU_DEFAULT, (f"{cpu['cpu']} has no bf16 instructions (AVX512-BF16 or AMX); {FP32_CPU_DEFAULT} is the "
                               "faster fp32 target on such CPUs (measured, README: Which CPU target)")

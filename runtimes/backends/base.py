@@ -18,6 +18,24 @@ _BACKENDS = {
 }
 
 
+# shape buckets (backends that pad ragged calls to a few shapes)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MIN_SEQUENCE_BUCKET = 16
+
+
+def bucket(n: int, buckets) -> int:
+    """The smallest bucket >= n (n itself above the largest)."""
+    return next((b for b in buckets if b >= n), n)
+
+
+def sequence_bucket(length: int, limit: int | None) -> int:
+    """Powers of two from MIN_SEQUENCE_BUCKET, capped at the model's position limit."""
+    b = MIN_SEQUENCE_BUCKET
+    while b < length:
+        b *= 2
+    return max(length, min(b, limit)) if limit else b
+
+
 def get_backend_class(kind: str) -> type["Backend"]:
     if kind not in _BACKENDS:
         raise IncompatibleBundleError(
@@ -99,6 +117,11 @@ class Backend(ABC):
                 value = np.concatenate([value, np.repeat(value[:1], batch - value.shape[0], axis=0)])
             out[name] = np.ascontiguousarray(value)
         return out
+
+    def bucket_shape(self, n: int, length: int) -> tuple[int, int]:
+        """The shape bucket of a (batch, sequence length) call: batch rounded up to BATCH_BUCKETS, length to a
+        power of two (sequence_bucket); a call without a sequence axis keeps its length."""
+        return bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length) if length else length
 
     def output_shape(self, index: int, batch: int, length: int) -> tuple[int, ...] | None:
         """An output's shape at (batch, length), or None when an axis is only known to the graph."""

@@ -18,7 +18,6 @@ import numpy as np
 
 from runtimes._optional import require
 from runtimes.backends.base import Backend
-from runtimes.backends.ort import BATCH_BUCKETS, bucket, sequence_bucket
 from runtimes.errors import IncompatibleBundleError, InputError
 
 # manifest "inference_precision" -> OpenVINO's INFERENCE_PRECISION_HINT value
@@ -60,6 +59,8 @@ class OpenVinoBackend(Backend):
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                         or num_threads < 0):
             raise InputError(f"num_threads must be an int >= 0 (0: all cores), got {num_threads!r}")
+        if cache_dir not in ("default", None) and not isinstance(cache_dir, (str, Path)):
+            raise InputError(f"cache_dir must be a folder path (str or Path) or None for no cache, got {cache_dir!r}")
         super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
         ov = require("openvino")
         self.core = ov.Core()
@@ -110,8 +111,7 @@ class OpenVinoBackend(Backend):
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n, length = self.batch_and_length(feeds)
-        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets and length \
-            else (n, length)
+        shape = self.bucket_shape(n, length) if self.buckets else (n, length)
         if shape != (n, length):
             feeds = self.pad_feeds(feeds, *shape)
         feeds = {k: np.ascontiguousarray(v, dtype=self.input_dtypes[k]) for k, v in feeds.items()}

@@ -12,13 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from runtimes._optional import GPU_INSTALL, require
-from runtimes.backends.base import Backend
+from runtimes.backends.base import BATCH_BUCKETS, Backend
 from runtimes.errors import IncompatibleBundleError, InputError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-MIN_SEQUENCE_BUCKET = 16
 
 
 def session_options(ort, *, intra_op_num_threads: int = 0, allow_spinning: bool = True):
@@ -30,19 +28,6 @@ def session_options(ort, *, intra_op_num_threads: int = 0, allow_spinning: bool 
     if not allow_spinning:  # idle worker threads block at once instead of spinning on the cores
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
-
-
-def bucket(n: int, buckets) -> int:
-    """The smallest bucket >= n (n itself above the largest)."""
-    return next((b for b in buckets if b >= n), n)
-
-
-def sequence_bucket(length: int, limit: int | None) -> int:
-    """Powers of two from MIN_SEQUENCE_BUCKET, capped at the model's position limit."""
-    b = MIN_SEQUENCE_BUCKET
-    while b < length:
-        b *= 2
-    return max(length, min(b, limit)) if limit else b
 
 
 class OrtBackend(Backend):
@@ -108,8 +93,7 @@ class OrtBackend(Backend):
             values = self.session.run(self.output_names, feeds)
             return dict(zip(self.output_names, values))
         n, length = self.batch_and_length(feeds)
-        shape = (bucket(n, BATCH_BUCKETS), sequence_bucket(length, self.max_length)) if self.buckets \
-            else (n, length)
+        shape = self.bucket_shape(n, length) if self.buckets else (n, length)
         if self.cuda_graph and shape[0] > BATCH_BUCKETS[-1]:
             raise InputError(f"with cuda_graph=True a call runs at most {BATCH_BUCKETS[-1]} rows (one captured graph "
                              f"per bucket); got {n}: lower batch_size")
