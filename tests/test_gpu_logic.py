@@ -10,7 +10,7 @@ import pytest
 from bge_export.build.trt import parse_int_list, plan_profiles
 from bge_export.errors import UnsupportedTargetError
 from runtimes.backends.base import Backend
-from runtimes.backends.ort import BATCH_BUCKETS, bucket, sequence_bucket
+from runtimes.backends.base import BATCH_BUCKETS, bucket, sequence_bucket
 from runtimes.backends.trt import compatibility_problems, pick_profile
 from runtimes.errors import InputError
 
