@@ -18,6 +18,14 @@ from benchmarks import build_and_bench
 HERE = Path(__file__).resolve().parent
 
 
+def cpu_kind() -> str:
+    """The results folder's CPU suffix: amx, bf16 (AVX512-BF16), avx512 or avx2."""
+    from runtimes.cpu import capabilities
+
+    cpu = capabilities()
+    return "amx" if cpu["amx"] else "bf16" if cpu["bf16"] else "avx512" if cpu["avx512"] else "avx2"
+
+
 def targets() -> list[tuple[str, list[str]]]:
     from runtimes.cpu import has_bf16
 
@@ -31,14 +39,20 @@ def run() -> int:
     p.add_argument("--model", default=None, help="checkpoint folder (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/cpu-targets-minilm-<cpu>)")
     p.add_argument("--bench-args", default="", help="extra arguments for bge-export bench, e.g. '--repeats 3'")
+    p.add_argument("--head-to-head", action="store_true",
+                   help="the goals run: ort-cpu and the default CPU target only, against torch bf16 and optimum-intel, "
+                        "7 timed runs per cell (fewer contenders: less cache churn between calls)")
     args = p.parse_args()
-    if args.out is None:
-        from runtimes.cpu import capabilities
+    if args.head_to_head:
+        from bge_export.build.targets import default_cpu_target
 
-        cpu = capabilities()
-        kind = "amx" if cpu["amx"] else "bf16" if cpu["bf16"] else "avx512" if cpu["avx512"] else "avx2"
-        args.out = str(HERE / "results" / f"cpu-targets-minilm-{kind}")
-    return build_and_bench(args.model, targets(), args.out, args.bench_args)
+        builds = [("ort-cpu", [])] + ([(default_cpu_target()[0], [])] if default_cpu_target()[0] != "ort-cpu" else [])
+        bench_args = "--no-flagmodel --no-optimum --repeats 7 " + args.bench_args
+    else:
+        builds, bench_args = targets(), args.bench_args
+    if args.out is None:
+        args.out = str(HERE / "results" / f"cpu-targets-minilm-{cpu_kind()}{'-head-to-head' if args.head_to_head else ''}")
+    return build_and_bench(args.model, builds, args.out, bench_args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Reproduce the README's m3 and cross-encoder numbers: random weights in a base-sized XLM-R shape (12 layers,
-hidden 768, 12 heads, FFN 3072, vocab 250002), ort-cpu and ort-cpu-int8 bundles, timed against FlagEmbedding's
-BGEM3FlagModel (all three heads) and FlagReranker in one `bge-export bench` run per family.
+hidden 768, 12 heads, FFN 3072, vocab 250002), one bundle per CPU target (ov-cpu-bf16 where the CPU has bf16),
+timed against FlagEmbedding's BGEM3FlagModel (all three heads) and FlagReranker, and their models cast to bf16 in
+plain torch, in one `bge-export bench` run per family, into benchmarks/results/<family>-xlmr-base-<cpu kind>.
 
 Parity of these families is proven on tiny checkpoints by the test suite; timing needs only the shapes, so the
 bundles here are built with --no-parity.
@@ -29,18 +30,24 @@ BUILDERS = {
 def run() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
-    p.add_argument("--bench-args", default="--batch-sizes 8,32 --seq-lens 128,512 --repeats 2 --warmup 1")
+    p.add_argument("--targets", nargs="+", default=None, help="default: every CPU target this CPU runs")
+    p.add_argument("--bench-args", default="--repeats 2 --warmup 1")
     args = p.parse_args()
+    from benchmarks.run_cpu_targets import cpu_kind
+    from runtimes.cpu import has_bf16
+
+    targets = args.targets or (["ort-cpu", "ort-cpu-int8", "ov-cpu", "ov-cpu-int8"] + (["ov-cpu-bf16"] if has_bf16()
+                                                                                     else []))
     for family in args.family:
         with tempfile.TemporaryDirectory(prefix=f"bge-bench-{family}-") as work:
             ckpt = BUILDERS[family](Path(work))
             bundles = []
-            for target in ("ort-cpu", "ort-cpu-int8"):
+            for target in targets:
                 out = Path(work) / target
                 if main(["--model", str(ckpt), "--target", target, "--out", str(out), "--no-parity", "--quiet"]):
                     return 1
                 bundles.append(str(out))
-            rc = main(["bench", *bundles, "--out", str(HERE / "results" / f"{family}-xlmr-base-cpu"),
+            rc = main(["bench", *bundles, "--out", str(HERE / "results" / f"{family}-xlmr-base-{cpu_kind()}"),
                        *args.bench_args.split()])
             if rc:
                 return rc

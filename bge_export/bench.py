@@ -47,6 +47,10 @@ def add_arguments(p) -> None:
                         "the PyTorch baseline of GPU bundles")
     p.add_argument("--no-flagmodel", action="store_true", help="leave out FlagEmbedding")
     p.add_argument("--no-optimum", action="store_true", help="leave out optimum's ONNX export")
+    p.add_argument("--no-torch-bf16", action="store_true",
+                   help="leave out FlagEmbedding's model cast to bf16 in plain torch (timed on CPUs with bf16 only)")
+    p.add_argument("--no-optimum-intel", action="store_true",
+                   help="leave out optimum-intel's OpenVINO export, fp32 and bf16 (encoders; when it is installed)")
     p.add_argument("--out", default="bench-results", help="folder for bench.jsonl, bench.md, bench.png")
     p.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
 
@@ -488,6 +492,72 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     return Contender("optimum ONNX export (ORT CPU)", e2e, engine)
 
 
+def _torch_bf16_contender(family) -> Contender:
+    """FlagEmbedding's own torch model cast to bf16: what a user gets from plain torch on a bf16 CPU (FlagEmbedding
+    itself cannot: on CPU its encode calls ``model.float()``). Engine only: the reference's pre-tokenized call;
+    end to end (FlagModel only): the reference's tokenizer, the bf16 forward, its pooling and normalisation."""
+    torch = require("torch")
+    api = API_CALLS[family.reference_api]
+    ref = family.reference(**api.get("options", {}))
+    ref.model.to(torch.bfloat16).eval()
+
+    def engine(x, b, s, w):
+        enc = api["ref_tensors"](ref, x, s, w)
+
+        def call():
+            with torch.inference_mode():
+                return api["ref_forward"](ref, enc)
+        return call
+
+    def e2e(mode, texts, b, s):
+        outs = []
+        for i in range(0, len(texts), b):
+            enc = ref.tokenizer(texts[i:i + b], padding=True, truncation=True, max_length=s, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = ref.model(**enc, return_dict=True).last_hidden_state
+                v = ref.pooling(hidden, enc["attention_mask"]).float()
+                if ref.normalize_embeddings:
+                    v = torch.nn.functional.normalize(v, dim=-1)
+            outs.append(v.numpy())
+        return np.concatenate(outs)
+
+    return Contender("torch bf16 (FlagEmbedding's model cast to bf16)", e2e if family.reference_api == "FlagModel"
+                     else None, engine, "bf16")
+
+
+def _optimum_intel_contenders(ckpt_path: str, workdir: Path, precisions=("f32", "bf16")) -> list[Contender]:
+    """optimum-intel's OpenVINO export (``OVModelForFeatureExtraction``, its defaults), compiled at each inference
+    precision. OpenVINO's CPU default is bf16 where the CPU has it, so fp32 is asked for explicitly."""
+    intel = require("optimum.intel")
+    transformers = require("transformers")
+    folder = workdir / "optimum-intel"
+    intel.OVModelForFeatureExtraction.from_pretrained(ckpt_path, export=True).save_pretrained(str(folder))
+    tok = transformers.AutoTokenizer.from_pretrained(ckpt_path)
+    out = []
+    for precision in precisions:
+        model = intel.OVModelForFeatureExtraction.from_pretrained(
+            str(folder), ov_config={"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
+
+        def feeds(texts, s):
+            return dict(tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np"))
+
+        def e2e(mode, texts, b, s, model=model):
+            outs = []
+            for i in range(0, len(texts), b):
+                h = model(**feeds(texts[i:i + b], s)).last_hidden_state[:, 0]
+                outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
+            return np.concatenate(outs)
+
+        def engine(texts, b, s, w, model=model):
+            f = feeds(texts, s)
+            return lambda: model(**f)
+
+        label = {"f32": "fp32", "bf16": "bf16"}[precision]
+        out.append(Contender(f"optimum-intel OpenVINO export ({label})", e2e, engine,
+                             "bf16" if precision == "bf16" else "fp32"))
+    return out
+
+
 def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -499,7 +569,7 @@ def gpu_peak_gflops() -> float:
 
 
 def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS, repeats=5, warmup=1,
-              flagmodel=True, optimum=True, reference_device="cpu", log=print) -> tuple[list[dict], dict]:
+              flagmodel=True, optimum=True, torch_bf16=True, optimum_intel=True, reference_device="cpu", log=print) -> tuple[list[dict], dict]:
     contenders, metas, models = [], [], []
     for b in bundles:
         c, meta, model = _bundle_contender(Path(b), log)
@@ -518,7 +588,7 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
                              f"attention, export dtype); these differ: {sorted(variants)}")
     meta = metas[0]
     family = None
-    if flagmodel or optimum:
+    if flagmodel or optimum or torch_bf16 or optimum_intel:
         try:
             family = family_from_manifest(meta)
         except BgeExportError as exc:
@@ -526,11 +596,11 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
                                  "--no-optimum to time the bundles alone") from None
     with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
         return _run(contenders, meta, family, Path(workdir), bundles, models[0], batches, seqs, repeats, warmup,
-                    flagmodel, optimum, reference_device, log)
+                    flagmodel, optimum, torch_bf16, optimum_intel, reference_device, log)
 
 
 def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, flagmodel, optimum,
-         reference_device, log):
+         torch_bf16, optimum_intel, reference_device, log):
     ckpt = meta["source"]["checkpoint"]
     api_name = meta["runtime"]["api"]
     api = API_CALLS[api_name]
@@ -545,6 +615,23 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
     elif optimum:
         log("exporting the checkpoint with optimum (its default ONNX export, ORT CPU)")
         contenders.append(_optimum_contender(ckpt, workdir))
+    if torch_bf16 and reference_device == "cpu":
+        from runtimes.cpu import has_bf16
+
+        if has_bf16():
+            log(f"loading FlagEmbedding {family.reference_api}'s model again, cast to bf16 (plain torch)")
+            contenders.append(_torch_bf16_contender(family))
+        else:
+            log("torch bf16: this CPU has no bf16 instructions (torch would emulate them); skipped")
+    if optimum_intel and api_name == "FlagModel" and reference_device == "cpu":
+        if available("optimum.intel"):
+            log("exporting the checkpoint with optimum-intel (OVModelForFeatureExtraction, fp32 and bf16)")
+            from runtimes.cpu import has_bf16
+
+            contenders += _optimum_intel_contenders(ckpt, workdir, ("f32", "bf16") if has_bf16() else ("f32",))
+        else:
+            log("optimum-intel is not installed here (its pins clash with optimum-onnx: install it in its own venv, "
+                "benchmarks/bench_venv.sh builds one); skipped")
     from runtimes.tokenizer import Tokenizer
 
     tok = Tokenizer(Path(bundles[0]) / meta["tokenizer"]["dir"], pad_token_id=meta["tokenizer"]["pad_token_id"],
@@ -587,7 +674,7 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
             tokens = api["tokens"](work, workload, b, s) if "tokens" in api else dict.fromkeys(modes, b * s)
             timed = {}
             for c in contenders:
-                for mode in modes[:-1]:
+                for mode in modes[:-1] if c.e2e else ():  # engine-only contenders have no public call
                     timed[(c.name, mode)] = (lambda c=c, mode=mode: c.e2e(mode, workload, b, s))
                 timed[(c.name, "engine")] = c.engine(workload, b, s, work)
             samples = {k: [] for k in timed}
@@ -624,7 +711,7 @@ def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repea
                 cell.append(row)
             for mode in modes:
                 ref = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("FlagEmbedding")), None)
-                opt = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("optimum")), None)
+                opt = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("optimum ONNX")), None)
                 for r in cell:
                     if r["mode"] != mode:
                         continue
@@ -679,6 +766,34 @@ def summary_markdown(rows: list[dict]) -> str:
                 for _, key in refs:
                     vals.append("-" if r.get(key) is None else f"{r[key]:.2f}")
         lines.append(f"| {b} x {s} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PEER_COLUMNS = (("ort-cpu", "bge-export ort-cpu"), ("torch bf16", "torch bf16"),
+                ("optimum-intel bf16", "optimum-intel OpenVINO export (bf16)"),
+                ("optimum ONNX", "optimum ONNX export"), ("FlagEmbedding", "FlagEmbedding"))
+
+
+def best_markdown(rows: list[dict]) -> str:
+    """Per mode and cell: the fastest bge-export bundle, its latency ratio over ``ort-cpu`` and each peer present,
+    and its fraction of its precision's peak (the issue-12 goals read off this table)."""
+    present = [(label, prefix) for label, prefix in PEER_COLUMNS
+               if any(r["contender"].startswith(prefix) for r in rows)]
+    head = ["mode", "batch x seq", "fastest bge-export", "ms"] + [f"x {label}" for label, _ in present] + ["% of peak"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    for mode in _modes(rows):
+        for b, s in sorted({(r["batch"], r["seq"]) for r in rows}, key=lambda c: (c[1], c[0])):
+            cell = [r for r in rows if (r["mode"], r["batch"], r["seq"]) == (mode, b, s)]
+            ours = [r for r in cell if r["contender"].startswith("bge-export")]
+            if not ours:
+                continue
+            best = min(ours, key=lambda r: r["median_ms"])
+            vals = []
+            for _, prefix in present:
+                peer = next((r for r in cell if r["contender"].startswith(prefix)), None)
+                vals.append("-" if peer is None else f"{peer['median_ms'] / best['median_ms']:.2f}")
+            lines.append(f"| {mode} | {b} x {s} | {short_name(best['contender'])} | {best['median_ms']:.1f} | "
+                         + " | ".join(vals) + f" | {100 * best['peak_fraction']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -778,6 +893,7 @@ def run_from_args(args, log=print) -> int:
         open_bundle(b, verify=False)  # clear errors before any heavy work
     rows, env = run_bench([Path(b) for b in args.bundles], batches=batches, seqs=seqs, repeats=args.repeats,
                           warmup=args.warmup, flagmodel=not args.no_flagmodel, optimum=not args.no_optimum,
+                          torch_bf16=not args.no_torch_bf16, optimum_intel=not args.no_optimum_intel,
                           reference_device=args.reference_device, log=log)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -789,7 +905,9 @@ def run_from_args(args, log=print) -> int:
     with open(out / "bench.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps({**r, "env": env}) + "\n")
-    md = "## Speed-up (median latency ratios)\n\n" + summary_markdown(rows) + "\n## All rows\n\n" + markdown(rows, env)
+    md = ("## Speed-up (median latency ratios)\n\n" + summary_markdown(rows)
+          + "\n## The fastest bundle per cell, against ort-cpu and the peers (latency ratios)\n\n" + best_markdown(rows)
+          + "\n## All rows\n\n" + markdown(rows, env))
     (out / "bench.md").write_text(md)
     png = plot(rows, out / "bench.png")
     if args.json:

@@ -5,6 +5,8 @@ import json
 import shutil
 
 from bge_export.cli import main
+from runtimes._optional import available
+from runtimes.cpu import has_bf16
 from parity_tests import checkpoints as ck
 
 
@@ -36,10 +38,31 @@ def test_bench_smoke(bundle, tmp_path, capsys):
                  "--warmup", "0", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     names = {r["contender"] for r in rows}
-    assert names == {"bge-export ort-cpu", "FlagEmbedding FlagModel (torch fp32)", "optimum ONNX export (ORT CPU)"}
+    expected = {"bge-export ort-cpu", "FlagEmbedding FlagModel (torch fp32)", "optimum ONNX export (ORT CPU)"}
+    if has_bf16():  # the model cast to bf16 in plain torch: timed where the CPU has bf16 instructions
+        expected.add("torch bf16 (FlagEmbedding's model cast to bf16)")
+    if available("optimum.intel"):  # the benchmark venv (benchmarks/bench_venv.sh); not in the test venv
+        expected |= {"optimum-intel OpenVINO export (fp32)"} | ({"optimum-intel OpenVINO export (bf16)"}
+                                                              if has_bf16() else set())
+    assert names == expected
     assert {r["mode"] for r in rows} == {"e2e", "engine"}
     assert all(r["batch"] == 2 and r["seq"] == 16 and r["tokens_per_s"] > 0 for r in rows)
-    assert (out / "bench.md").read_text().count("| e2e |") == 3 and (out / "bench.png").stat().st_size > 1000
+    md = (out / "bench.md").read_text()
+    assert md.count("| e2e |") == len(expected) + 1 and (out / "bench.png").stat().st_size > 1000  # + best table
+    assert "| e2e | 2 x 16 | ort-cpu |" in md  # the fastest-bundle table (one bundle here)
+
+
+def test_best_table_compares_the_fastest_bundle_with_each_peer():
+    from bge_export.bench import best_markdown
+
+    def row(name, ms, mode="engine"):
+        return {"contender": name, "mode": mode, "batch": 32, "seq": 128, "median_ms": ms, "peak_fraction": 0.5}
+
+    md = best_markdown([row("bge-export ort-cpu", 600), row("bge-export ov-cpu-bf16", 200),
+                        row("torch bf16 (FlagEmbedding's model cast to bf16)", 250),
+                        row("optimum-intel OpenVINO export (bf16)", 220), row("FlagEmbedding FlagModel (torch fp32)", 700)])
+    assert "x optimum ONNX" not in md  # only the peers that ran
+    assert "| engine | 32 x 128 | ov-cpu-bf16 | 200.0 | 3.00 | 1.25 | 1.10 | 3.50 | 50 |" in md, md
 
 
 def test_inspect_json_and_text(bundle, capsys):
