@@ -160,12 +160,12 @@ def cmd_build(argv: list[str]) -> int:
             _log(f"no --target given: building {target} ({why})")
     result = compile_bundle(args.model, target, args.out, pooling=args.pooling, variant=variant,
                             parity=not args.no_parity, build_options=build_options,
-                            overwrite=args.overwrite, log=_log, quiet=args.quiet)
+                            overwrite=args.overwrite, log=_log, quiet=args.quiet,
+                            on_parity=None if args.json else lambda text: print(text, flush=True))
     if args.json:
         print(json.dumps({"bundle": str(result.bundle), "family": result.manifest.family,
                           "target": result.manifest.target, "parity": result.manifest.parity}, indent=2))
     else:
-        print(result.parity_text)
         print(f"bundle: {result.bundle}")
     require_parity(result)
     return 0
@@ -290,9 +290,13 @@ def cmd_families(argv: list[str]) -> int:
         print(json.dumps({"families": rows, "targets": {k: v.description for k, v in TARGETS.items()}, "cpu": cpu},
                          indent=2))
         return 0
+    width = max(len(r["family"]) for r in rows)
+    ref_width = max(len(r["reference"]) for r in rows)
     for r in rows:
-        print(f"{r['family']:<10} {r['reference']:<10} targets: {', '.join(r['targets'])}\n           {r['description']}")
-    print("\ntargets:\n" + "\n".join(f"  {k:<13} {v.description}" for k, v in TARGETS.items()))
+        print(f"{r['family']:<{width}}  {r['reference']:<{ref_width}}  targets: {', '.join(r['targets'])}\n"
+              f"{'':<{width}}  {r['description']}")
+    target_width = max(map(len, TARGETS))
+    print("\ntargets:\n" + "\n".join(f"  {k:<{target_width}}  {v.description}" for k, v in TARGETS.items()))
     yes = lambda v: "yes" if v else "no"  # noqa: E731
     print(f"\nthis CPU: {cpu['cpu']}\n  AVX2 {yes(cpu['avx2'])}, AVX-512 {yes(cpu['avx512'])}, int8 VNNI "
           f"{yes(cpu['vnni'])}, bf16 (AVX512-BF16 / AMX) {yes(cpu['bf16'])}, AMX {yes(cpu['amx'])}"
@@ -333,6 +337,17 @@ def cmd_lint(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+def raise_unknown_command(word: str, commands) -> None:
+    import difflib
+
+    from bge_export.errors import InputError
+
+    close = difflib.get_close_matches(word, list(commands), n=1, cutoff=0.6)
+    raise InputError(f"unknown command {word!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
+                     + f" Commands: {', '.join(commands)}; a build takes options only "
+                     "(bge-export --model PATH --target TARGET); see bge-export --help")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "families": cmd_families,
@@ -341,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtimes.errors import BgeError
 
     try:
+        if handler is None and argv and not argv[0].startswith("-"):  # the build takes options only
+            raise_unknown_command(argv[0], handlers)
         return handler(argv[1:]) if handler else cmd_build(argv)
     except BgeError as exc:
         _err(str(exc))

@@ -88,7 +88,9 @@ def check_out_dir(out: Path, overwrite: bool) -> Path:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir():
+        raise OutputError(f"--out {out}: {probe} is a file, not a folder; pass an --out inside a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"--out {out}: cannot write in {probe} (permission denied); pass an --out you can write to")
     return out
 
@@ -139,7 +141,7 @@ def compile_bundle(
     model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
     variant: dict | None = None,
     parity: bool = True, overwrite: bool = False, exported=None, log=print, quiet: bool = False,
-    gate_retrieval: bool = True, build_options: dict | None = None,
+    gate_retrieval: bool = True, build_options: dict | None = None, on_parity=None,
 ) -> CompileResult:
     """Build one bundle. ``exported`` reuses an ExportResult of the same checkpoint (tests build several targets);
     ``build_options`` go to the target's builder (TensorRT: profiles, timing cache, optimization level);
@@ -203,6 +205,8 @@ def compile_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if on_parity is not None:  # the report before the last progress line (the CLI prints it on stdout)
+        on_parity(parity_text)
     prog.step(f"bundle written to {out} in {prog.elapsed:.0f}s")
     return CompileResult(out, manifest, parity_ok, parity_text)
 

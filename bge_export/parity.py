@@ -126,11 +126,11 @@ class Check:
 
     def line(self) -> str:
         if self.bound is None:
-            return f"  {self.output:<8} {self.metric:<18} {self.value:.6g}  (reported){' ' + self.note if self.note else ''}"
+            return f"     {self.output:<8} {self.metric:<22} {self.value:.6g}  (reported){' ' + self.note if self.note else ''}"
         op = ">=" if self.higher_is_better else "<="
         status = "ok  " if self.passed else "FAIL"
         extra = "" if self.passed else f"  -> would pass with {self.metric} {op} {_loosen(self.value, op)}"
-        return f"{status} {self.output:<8} {self.metric:<18} {self.value:.6g} {op} {self.bound:g}{extra}"
+        return f"{status} {self.output:<8} {self.metric:<22} {self.value:.6g} {op} {self.bound:g}{extra}"
 
 
 def _loosen(value: float, op: str) -> str:

@@ -50,6 +50,17 @@ def test_bench_smoke(bundle, tmp_path, capsys):
     md = (out / "bench.md").read_text()
     assert md.count("| e2e |") == len(expected) + 1 and (out / "bench.png").stat().st_size > 1000  # + best table
     assert "| e2e | 2 x 16 | ort-cpu |" in md  # the fastest-bundle table (one bundle here)
+    assert "(unstable)\": p95 above" in md
+
+
+def test_bench_quick_mode(bundle, tmp_path):
+    res = bundle("tiny-bert", "ort-cpu")
+    out = tmp_path / "quick"
+    assert main(["bench", str(res.bundle), "--quick", "--no-flagmodel", "--no-optimum", "--no-torch-bf16",
+                 "--no-optimum-intel", "--warmup", "0", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
+    assert {(r["batch"], r["seq"]) for r in rows} == {(1, 16), (8, 16), (1, 128), (8, 128)}
+    assert {r["contender"] for r in rows} == {"bge-export ort-cpu"} and all(r["repeats"] == 3 for r in rows)
 
 
 def test_best_table_compares_the_fastest_bundle_with_each_peer():

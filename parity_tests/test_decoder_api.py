@@ -192,7 +192,7 @@ def test_bad_decoder_variants_are_clear_errors(checkpoint_dir, tmp_path, capsys)
     lw = str(checkpoint_dir("tiny-layerwise"))
     cases = [
         (["--model", lw, "--cutoff-layers", "1,9"], "outside this model's scoring layers 2..4"),
-        (["--model", lw, "--cutoff-layers", "a,b"], "comma-separated layer numbers"),
+        (["--model", lw, "--cutoff-layers", "a,b"], "separated by commas (e.g. 28,40)"),
         (["--model", lw, "--compress-ratio", "2"], "has no option(s) ['compress_ratio']"),
         (["--model", str(checkpoint_dir("tiny-lightweight")), "--compress-ratio", "0"], "positive int"),
         (["--model", str(checkpoint_dir("tiny-lightweight")), "--cutoff-layers", "1"], "not scoring layers"),

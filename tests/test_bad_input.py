@@ -149,7 +149,7 @@ def test_bf16_bundle_on_a_cpu_without_bf16_is_refused(tiny_ckpt, tmp_path):
 
 def test_unwritable_out_under_a_file(capsys, tiny_ckpt, tmp_path):
     (tmp_path / "afile").write_text("x")
-    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(tmp_path / "afile" / "bundle")], "cannot write")
+    _fails(capsys, ["--model", str(tiny_ckpt), "--out", str(tmp_path / "afile" / "bundle")], "afile is a file, not a folder")
 
 
 def test_unwritable_out_in_readonly_filesystem(capsys, tiny_ckpt):
@@ -339,3 +339,8 @@ def test_concurrent_calls_with_different_max_lengths(built):
         jobs = [(n, pool.submit(model.encode, text, max_length=n)) for n in (8, 64, 512) * 8]
         for n, job in jobs:
             assert (job.result() == want[n]).all()
+
+
+def test_mistyped_command_suggests_the_command(capsys):
+    _fails(capsys, ["inpsect", "bundles/x"], "unknown command 'inpsect'", "did you mean 'inspect'?")
+    _fails(capsys, ["compile", "--model", "x"], "unknown command 'compile'.", "--model PATH --target TARGET")

@@ -23,17 +23,11 @@ DEFAULT_SEQUENCE_BUCKETS = (128, 512)  # plus the model's max length
 TOKENS_PER_PROFILE = DEFAULT_MAX_BATCH * 512  # long buckets get smaller max batches (activation memory)
 
 
-def parse_int_list(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise UnsupportedTargetError(f"{what} must be positive integers separated by commas (e.g. 128,512), "
-                                     f"got {text!r}")
-    return values
+def parse_int_list(text, what: str) -> tuple[int, ...] | None:
+    """A TensorRT option's integer list (--trt-seq-buckets): bge_export.options.parse_int_list."""
+    from bge_export.options import parse_int_list as parse
+
+    return parse(text, what, error=UnsupportedTargetError)
 
 
 def plan_profiles(inputs: list[dict], max_length: int, *, max_batch: int = DEFAULT_MAX_BATCH,

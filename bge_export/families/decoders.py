@@ -22,19 +22,10 @@ LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
 
 def parse_layers(value, what: str) -> list[int] | None:
     """'28,40' / [28, 40] / 28 -> [28, 40]; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = [int(v) for v in value.replace(" ", "").split(",") if v]
-        except ValueError:
-            raise UnsupportedFamilyError(f"{what} must be comma-separated layer numbers such as 28,40; got {value!r}") from None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                                    for v in value):
-        raise UnsupportedFamilyError(f"{what} must be a non-empty list of layer numbers, got {value!r}")
-    return list(value)
+    from bge_export.options import parse_int_list
+
+    values = parse_int_list(value, what, minimum=0, example="28,40", error=UnsupportedFamilyError)
+    return None if values is None else list(values)
 
 
 class DecoderFamily(Family, abstract=True):
