@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bge_export.errors import InternalError
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -111,7 +113,7 @@ def tolerances_for(family: str, output: str, precision: str) -> tuple[Tolerance,
     for key in ((family, output, precision), (family, output, "*")):
         if key in TOLERANCES:
             return TOLERANCES[key]
-    raise KeyError(f"no tolerance row for {(family, output, precision)}")
+    raise InternalError(f"no tolerance row for {(family, output, precision)}")
 
 
 @dataclass
@@ -170,7 +172,7 @@ def gate(family: str, output: str, precision: str, values: dict[str, float], not
             checks.append(Check(output, metric, float(value), t.bound, bool(ok), notes.get(metric, ""), t.higher_is_better))
     missing = set(rows) - set(values)
     if missing:
-        raise AssertionError(f"parity for {(family, output, precision)} did not compute {sorted(missing)}")
+        raise InternalError(f"parity for {(family, output, precision)} did not compute {sorted(missing)}")
     return checks
 
 

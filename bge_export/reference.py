@@ -121,8 +121,11 @@ def _pin_attention(model, attn_implementation: str) -> None:
         model.config._attn_implementation = attn_implementation
     got = model.config._attn_implementation
     if got != attn_implementation:
-        raise RuntimeError(f"could not pin attn_implementation={attn_implementation!r} on "
-                           f"{type(model).__name__}: it is {got!r}")
+        from bge_export.errors import BgeExportError
+
+        raise BgeExportError(f"could not set attn_implementation={attn_implementation!r} on "
+                             f"{type(model).__name__} (it stays {got!r}): the reference needs transformers 4.57.x, "
+                             "as pinned by the [export] extra; reinstall it with pip install -e '.[export]'")
 
 
 def llm_embedder(path, *, attn_implementation: str | None = "eager", **kwargs: Any):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from bge_export.errors import UnsupportedTargetError
+from bge_export.errors import InternalError, UnsupportedTargetError
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ TRT_OPTIONS = ("sequence_buckets", "max_batch", "opt_batch", "timing_cache", "op
 
 def register_target(t: Target) -> Target:
     if t.name in TARGETS:
-        raise ValueError(f"target {t.name} registered twice")
+        raise InternalError(f"target {t.name} registered twice")
     TARGETS[t.name] = t
     return t
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bge_export.errors import UnsupportedFamilyError
+from bge_export.errors import InternalError, UnsupportedFamilyError
 
 if TYPE_CHECKING:  # pragma: no cover
     from bge_export.checkpoint import Checkpoint
@@ -21,7 +21,7 @@ class TensorSpec:
     def __post_init__(self):
         for a in self.axes:
             if isinstance(a, str) and a not in AXES:
-                raise ValueError(f"axis '{a}' of {self.name} is not in the axis vocabulary {AXES}")
+                raise InternalError(f"axis '{a}' of {self.name} is not in the axis vocabulary {AXES}")
 
     def to_json(self, sizes: dict[str, int] | None = None) -> dict:
         sizes = sizes or {}
@@ -114,7 +114,7 @@ class Family:
 
 def register_family(cls: type[Family]) -> type[Family]:
     if cls.name in FAMILIES:
-        raise ValueError(f"family '{cls.name}' is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
+        raise InternalError(f"family '{cls.name}' is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
     FAMILIES[cls.name] = cls
     return cls
 
