@@ -46,7 +46,7 @@ def run() -> int:
     if args.head_to_head:
         from bge_export.build.targets import default_cpu_target
 
-        builds = [("ort-cpu", [])] + ([(default_cpu_target()[0], [])] if default_cpu_target()[0] != "ort-cpu" else [])
+        builds = [(t, []) for t in dict.fromkeys(("ort-cpu", default_cpu_target()[0]))]
         bench_args = "--no-flagmodel --no-optimum --repeats 7 " + args.bench_args
     else:
         builds, bench_args = targets(), args.bench_args

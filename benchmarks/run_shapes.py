@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -74,7 +75,7 @@ def fusion_variants(exported, work: Path) -> dict[str, Path]:
     return out
 
 
-def run_fusions(exported, family, model, work: Path, repeats: int, log) -> list[dict]:
+def run_fusions(exported, model, texts, work: Path, repeats: int, log) -> list[dict]:
     import onnxruntime as ort
 
     from runtimes.backends.ort import session_options
@@ -85,7 +86,7 @@ def run_fusions(exported, family, model, work: Path, repeats: int, log) -> list[
     names = [i.name for i in next(iter(sessions.values())).get_inputs()]
     rows = []
     for b, s in FUSION_CELLS:
-        feeds = model.feeds_for(model.tokenizer.encode(_texts(b, s), s))
+        feeds = model.feeds_for(model.tokenizer.encode(texts(b, s), s))
         feeds = {k: v for k, v in feeds.items() if k in names}
         times = _interleaved({n: (lambda sess=sess: sess.run(None, feeds)) for n, sess in sessions.items()}, repeats)
         base = times["all fusions (ort-cpu)"]
@@ -96,32 +97,25 @@ def run_fusions(exported, family, model, work: Path, repeats: int, log) -> list[
     return rows
 
 
-def run_buckets(bundles: dict[str, Path], repeats: int, log) -> list[dict]:
+def run_buckets(bundles: dict[str, Path], texts, repeats: int, log) -> list[dict]:
     import runtimes
 
     models = {f"{target} {'buckets' if buckets else 'dynamic'}": runtimes.load(path, backend_options={"buckets": buckets})
               for target, path in bundles.items() for buckets in (False, True)}
     rows = []
     for b, s in BUCKET_CELLS:
-        texts = _texts(b, s)
-        times = _interleaved({n: (lambda m=m: m.encode(texts, max_length=512)) for n, m in models.items()}, repeats)
+        batch = texts(b, s)
+        times = _interleaved({n: (lambda m=m: m.encode(batch, max_length=512)) for n, m in models.items()}, repeats)
         rows += [{"study": "buckets", "batch": b, "seq": s, "variant": n, "median_ms": 1e3 * t} for n, t in times.items()]
         log(f"buckets {b} x {s}: " + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in times.items()))
     b, lengths = MIXED
-    streams = {n: [_texts(b, s) for s in lengths] for n in models}
-    times = _interleaved({n: (lambda m=m, st=streams[n]: [m.encode(t, max_length=512) for t in st])
-                          for n, m in models.items()}, repeats)
+    stream = [texts(b, s) for s in lengths]
+    times = _interleaved({n: (lambda m=m: [m.encode(t, max_length=512) for t in stream]) for n, m in models.items()},
+                         repeats)
     rows += [{"study": "buckets", "batch": b, "seq": "mixed " + "/".join(map(str, lengths)), "variant": n,
               "median_ms": 1e3 * t} for n, t in times.items()]
     log("buckets mixed stream: " + ", ".join(f"{n} {1e3 * t:.1f} ms" for n, t in times.items()))
     return rows
-
-
-_TEXTS = None
-
-
-def _texts(n: int, seq: int) -> list[str]:
-    return _TEXTS(n, seq)
 
 
 def markdown(rows: list[dict], env: dict) -> str:
@@ -168,13 +162,12 @@ def run() -> int:
     model = runtimes.load(bundles["ov-cpu"])
     words = " ".join(parity_texts()["corpus"]).split()
     n_tok = lambda text: len(model.tokenizer.encode([text], 100_000)[0].ids)  # noqa: E731
-    global _TEXTS
-    _TEXTS = lambda n, seq: exact_length_texts(n_tok, words, n, seq)  # noqa: E731
+    texts = lambda n, seq: exact_length_texts(n_tok, words, n, seq)  # noqa: E731
     family, _ = prepare(ckpt, "onnx")
     exported = export_onnx(family, work / "export", log=lambda m: None)
-    rows = run_fusions(exported, family, model, work, args.repeats, print)
-    rows += run_buckets(bundles, args.repeats, print)
-    env = {"processor": cpu_name(), "cpus": __import__("os").cpu_count(), "onnxruntime": onnxruntime.__version__,
+    rows = run_fusions(exported, model, texts, work, args.repeats, print)
+    rows += run_buckets(bundles, texts, args.repeats, print)
+    env = {"processor": cpu_name(), "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
            "openvino": openvino.__version__, "checkpoint": str(ckpt)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "shapes.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))

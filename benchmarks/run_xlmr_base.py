@@ -34,10 +34,9 @@ def run() -> int:
     p.add_argument("--bench-args", default="--repeats 2 --warmup 1")
     args = p.parse_args()
     from benchmarks.run_cpu_targets import cpu_kind
-    from runtimes.cpu import has_bf16
+    from benchmarks.run_cpu_targets import targets as cpu_targets
 
-    targets = args.targets or (["ort-cpu", "ort-cpu-int8", "ov-cpu", "ov-cpu-int8"] + (["ov-cpu-bf16"] if has_bf16()
-                                                                                     else []))
+    targets = args.targets or [t for t, flags in cpu_targets() if not flags]  # the default int8 method only
     for family in args.family:
         with tempfile.TemporaryDirectory(prefix=f"bge-bench-{family}-") as work:
             ckpt = BUILDERS[family](Path(work))

@@ -152,8 +152,8 @@ def ov_matmul_peak_gflops(kind: str, n: int = PEAK_N, seconds: float = 1.5, dept
     """GFLOP/s (int8: GOP/s) of OpenVINO's CPU MatMuls: ``depth`` n x n x n MatMuls in a chain, fp32 weights
     compiled at bf16 inference precision, or int8 between FakeQuantize nodes (OpenVINO's low-precision path, as
     NNCF emits it). A chain, as in a model: one MatMul alone pays the conversion of its fp32 input and output each
-    call, and measured about half of what OpenVINO reaches inside a model on the AMX Xeon of issue 12 (a base-sized
-    cross-encoder ran at 1.3x that single-MatMul "peak")."""
+    call and undercounted on the AMX Xeon of issue 12 (a base-sized cross-encoder's bf16 rows reached 138% of
+    that single-MatMul "peak")."""
     ov = require("openvino")
     from openvino import opset13 as ops
 
@@ -357,6 +357,9 @@ API_CALLS = {
         "ref_tensors": _hf_tensors,
         "ref_forward": lambda ref, enc: ref.model(**enc, return_dict=True).last_hidden_state[:, 0],
         "check": "vectors",
+        # a plain Hugging Face encoder whose pooled hidden state is the output: the peers that export or cast the
+        # checkpoint themselves (optimum, optimum-intel, torch bf16 end to end) can run it
+        "hf_encoder": True,
     },
     "BGEM3FlagModel": {
         "inputs": lambda w, b, s: w.texts(b, s),
@@ -433,7 +436,6 @@ def _bundle_contender(path: Path, log) -> tuple[Contender, dict, object]:
 
 
 def _reference_contender(family, device: str = "cpu") -> Contender:
-    torch = require("torch")
     from bge_export.parity import quiet_stderr
 
     api = API_CALLS[family.reference_api]
@@ -441,6 +443,18 @@ def _reference_contender(family, device: str = "cpu") -> Contender:
     # layers, compression) and the options
     cuda = device == "cuda"
     ref = family.reference(**api.get("options", {}), **({"use_fp16": True, "devices": "cuda:0"} if cuda else {}))
+
+    def e2e(mode, x, b, s):
+        with quiet_stderr():  # FlagEmbedding's tqdm bars
+            return api["modes"][mode](ref, x, b, s)
+
+    return Contender(f"FlagEmbedding {family.reference_api} (torch {'fp16 CUDA' if cuda else 'fp32'})", e2e,
+                     _reference_engine(ref, api, cuda), "gpu-fp16" if cuda else "fp32")
+
+
+def _reference_engine(ref, api: dict, cuda: bool = False):
+    """The engine-only call of a FlagEmbedding object's model: its pre-tokenized tensors and bare forward."""
+    torch = require("torch")
 
     def engine(x, b, s, w):
         enc = api["ref_tensors"](ref, x, s, w)
@@ -460,12 +474,20 @@ def _reference_contender(family, device: str = "cpu") -> Contender:
             return out
         return call
 
-    def e2e(mode, x, b, s):
-        with quiet_stderr():  # FlagEmbedding's tqdm bars
-            return api["modes"][mode](ref, x, b, s)
+    return engine
 
-    return Contender(f"FlagEmbedding {family.reference_api} (torch {'fp16 CUDA' if cuda else 'fp32'})", e2e, engine,
-                     "gpu-fp16" if cuda else "fp32")
+
+def _cls_e2e(hidden):
+    """encode(texts) of a plain Hugging Face encoder export: ``hidden(texts, seq)`` -> last hidden state per batch,
+    then the CLS row, L2-normalised (FlagModel's default pooling)."""
+    def e2e(mode, texts, b, s):
+        outs = []
+        for i in range(0, len(texts), b):
+            h = np.asarray(hidden(texts[i:i + b], s))[:, 0]
+            outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
+        return np.concatenate(outs)
+
+    return e2e
 
 
 def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
@@ -485,36 +507,22 @@ def _optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
         enc = tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np")
         return {k: enc[k].astype(np.int64) for k in names}
 
-    def e2e(mode, texts, b, s):
-        outs = []
-        for i in range(0, len(texts), b):
-            h = session.run(None, feeds(texts[i:i + b], s))[0][:, 0]
-            outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
-        return np.concatenate(outs)
-
     def engine(texts, b, s, w):
         f = feeds(texts, s)
         return lambda: session.run(None, f)
 
-    return Contender("optimum ONNX export (ORT CPU)", e2e, engine)
+    return Contender("optimum ONNX export (ORT CPU)", _cls_e2e(lambda texts, s: session.run(None, feeds(texts, s))[0]),
+                     engine)
 
 
 def _torch_bf16_contender(family) -> Contender:
     """FlagEmbedding's own torch model cast to bf16: what a user gets from plain torch on a bf16 CPU (FlagEmbedding
     itself cannot: on CPU its encode calls ``model.float()``). Engine only: the reference's pre-tokenized call;
-    end to end (FlagModel only): the reference's tokenizer, the bf16 forward, its pooling and normalisation."""
+    end to end (APIs marked hf_encoder): the reference's tokenizer, the bf16 forward, its pooling and normalisation."""
     torch = require("torch")
     api = API_CALLS[family.reference_api]
     ref = family.reference(**api.get("options", {}))
     ref.model.to(torch.bfloat16).eval()
-
-    def engine(x, b, s, w):
-        enc = api["ref_tensors"](ref, x, s, w)
-
-        def call():
-            with torch.inference_mode():
-                return api["ref_forward"](ref, enc)
-        return call
 
     def e2e(mode, texts, b, s):
         outs = []
@@ -528,8 +536,8 @@ def _torch_bf16_contender(family) -> Contender:
             outs.append(v.numpy())
         return np.concatenate(outs)
 
-    return Contender("torch bf16 (FlagEmbedding's model cast to bf16)", e2e if family.reference_api == "FlagModel"
-                     else None, engine, "bf16")
+    return Contender("torch bf16 (FlagEmbedding's model cast to bf16)", e2e if api.get("hf_encoder") else None,
+                     _reference_engine(ref, api), "bf16")
 
 
 def _optimum_intel_contenders(ckpt_path: str, workdir: Path, precisions=("f32", "bf16")) -> list[Contender]:
@@ -540,28 +548,23 @@ def _optimum_intel_contenders(ckpt_path: str, workdir: Path, precisions=("f32", 
     folder = workdir / "optimum-intel"
     intel.OVModelForFeatureExtraction.from_pretrained(ckpt_path, export=True).save_pretrained(str(folder))
     tok = transformers.AutoTokenizer.from_pretrained(ckpt_path)
+
+    def feeds(texts, s):
+        return dict(tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np"))
+
     out = []
     for precision in precisions:
         model = intel.OVModelForFeatureExtraction.from_pretrained(
             str(folder), ov_config={"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
 
-        def feeds(texts, s):
-            return dict(tok(texts, padding=True, truncation=True, max_length=s, return_tensors="np"))
-
-        def e2e(mode, texts, b, s, model=model):
-            outs = []
-            for i in range(0, len(texts), b):
-                h = model(**feeds(texts[i:i + b], s)).last_hidden_state[:, 0]
-                outs.append(h / np.linalg.norm(h, axis=-1, keepdims=True))
-            return np.concatenate(outs)
-
         def engine(texts, b, s, w, model=model):
             f = feeds(texts, s)
             return lambda: model(**f)
 
-        label = {"f32": "fp32", "bf16": "bf16"}[precision]
-        out.append(Contender(f"optimum-intel OpenVINO export ({label})", e2e, engine,
-                             "bf16" if precision == "bf16" else "fp32"))
+        label = "bf16" if precision == "bf16" else "fp32"
+        out.append(Contender(f"optimum-intel OpenVINO export ({label})",
+                             _cls_e2e(lambda texts, s, model=model: model(**feeds(texts, s)).last_hidden_state),
+                             engine, label))
     return out
 
 
@@ -595,7 +598,8 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
                              f"attention, export dtype); these differ: {sorted(variants)}")
     meta = metas[0]
     family = None
-    if flagmodel or optimum or torch_bf16 or optimum_intel:
+    peers = {"flagmodel": flagmodel, "optimum": optimum, "torch_bf16": torch_bf16, "optimum_intel": optimum_intel}
+    if any(peers.values()):
         try:
             family = family_from_manifest(meta)
         except BgeExportError as exc:
@@ -603,42 +607,47 @@ def run_bench(bundles: list[Path], *, batches=DEFAULT_BATCHES, seqs=DEFAULT_SEQS
                                  "--no-optimum to time the bundles alone") from None
     with tempfile.TemporaryDirectory(prefix="bge-bench-") as workdir:
         return _run(contenders, meta, family, Path(workdir), bundles, models[0], batches, seqs, repeats, warmup,
-                    flagmodel, optimum, torch_bf16, optimum_intel, reference_device, log)
+                    peers, reference_device, log)
 
 
-def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, flagmodel, optimum,
-         torch_bf16, optimum_intel, reference_device, log):
+def _peer_contenders(peers: dict, family, api: dict, ckpt: str, workdir: Path, reference_device: str, log) -> list:
+    """The peers asked for in ``peers`` that can run this API on this machine; each one skipped is logged."""
+    from runtimes.cpu import has_bf16
+
+    out = []
+    if peers["flagmodel"]:
+        log(f"loading FlagEmbedding {family.reference_api} "
+            + ("(fp16, CUDA)" if reference_device == "cuda" else "(fp32, CPU)"))
+        out.append(_reference_contender(family, reference_device))
+    if peers["optimum"] and not api.get("hf_encoder"):
+        log("optimum: compared with encoder bundles only in this version; skipped")
+    elif peers["optimum"]:
+        log("exporting the checkpoint with optimum (its default ONNX export, ORT CPU)")
+        out.append(_optimum_contender(ckpt, workdir))
+    if peers["torch_bf16"] and reference_device == "cpu":
+        if has_bf16():
+            log(f"loading FlagEmbedding {family.reference_api}'s model again, cast to bf16 (plain torch)")
+            out.append(_torch_bf16_contender(family))
+        else:
+            log("torch bf16: this CPU has no bf16 instructions (torch would emulate them); skipped")
+    if peers["optimum_intel"] and api.get("hf_encoder") and reference_device == "cpu":
+        if available("optimum.intel"):
+            log("exporting the checkpoint with optimum-intel (OVModelForFeatureExtraction, fp32 and bf16)")
+            out += _optimum_intel_contenders(ckpt, workdir, ("f32", "bf16") if has_bf16() else ("f32",))
+        else:
+            log("optimum-intel is not installed here (its pins clash with optimum-onnx: install it in its own venv, "
+                "benchmarks/bench_venv.sh builds one); skipped")
+    return out
+
+
+def _run(contenders, meta, family, workdir, bundles, model, batches, seqs, repeats, warmup, peers, reference_device,
+         log):
     ckpt = meta["source"]["checkpoint"]
     api_name = meta["runtime"]["api"]
     api = API_CALLS[api_name]
     modes = list(api["modes"]) + ["engine"]
     flops_of = get_family(meta["family"]).flops
-    if flagmodel:
-        log(f"loading FlagEmbedding {family.reference_api} "
-            + ("(fp16, CUDA)" if reference_device == "cuda" else "(fp32, CPU)"))
-        contenders.append(_reference_contender(family, reference_device))
-    if optimum and api_name != "FlagModel":
-        log("optimum: compared with encoder bundles only in this version; skipped")
-    elif optimum:
-        log("exporting the checkpoint with optimum (its default ONNX export, ORT CPU)")
-        contenders.append(_optimum_contender(ckpt, workdir))
-    if torch_bf16 and reference_device == "cpu":
-        from runtimes.cpu import has_bf16
-
-        if has_bf16():
-            log(f"loading FlagEmbedding {family.reference_api}'s model again, cast to bf16 (plain torch)")
-            contenders.append(_torch_bf16_contender(family))
-        else:
-            log("torch bf16: this CPU has no bf16 instructions (torch would emulate them); skipped")
-    if optimum_intel and api_name == "FlagModel" and reference_device == "cpu":
-        if available("optimum.intel"):
-            log("exporting the checkpoint with optimum-intel (OVModelForFeatureExtraction, fp32 and bf16)")
-            from runtimes.cpu import has_bf16
-
-            contenders += _optimum_intel_contenders(ckpt, workdir, ("f32", "bf16") if has_bf16() else ("f32",))
-        else:
-            log("optimum-intel is not installed here (its pins clash with optimum-onnx: install it in its own venv, "
-                "benchmarks/bench_venv.sh builds one); skipped")
+    contenders += _peer_contenders(peers, family, api, ckpt, workdir, reference_device, log)
     from runtimes.tokenizer import Tokenizer
 
     tok = Tokenizer(Path(bundles[0]) / meta["tokenizer"]["dir"], pad_token_id=meta["tokenizer"]["pad_token_id"],

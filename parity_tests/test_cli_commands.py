@@ -84,3 +84,16 @@ def test_inspect_json_and_text(bundle, capsys):
     assert main(["inspect", str(res.bundle)]) == 0
     text = capsys.readouterr().out
     assert "fusions" in text and "int8" in text and "PASSED" in text
+
+
+def test_rows_with_a_long_tail_are_marked_unstable():
+    from bge_export.bench import markdown
+
+    def row(name, p95):
+        return {"contender": name, "mode": "engine", "batch": 8, "seq": 128, "median_ms": 10.0, "p95_ms": p95,
+                "tokens_per_s": 1.0, "gflops": 1.0, "peak_fraction": 0.5}
+
+    env = {"model": {"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}, "processor": "cpu", "cpus": 2,
+           "peaks_gflops": {"fp32": 100.0}, "peak_kinds": {"fp32": "ORT MatMul"}}
+    md = markdown([row("bge-export ort-cpu", 12.0), row("bge-export ov-cpu", 20.0)], env)
+    assert "| 20.0 (unstable) |" in md and "| 12.0 |" in md
