@@ -64,10 +64,11 @@ def test_parity(bundle, case, target):
 # half bounds in any engine: OpenVINO bf16 on the AMX Xeon gave tiny-xlmr cosine min 0.9932, m3 dense 0.9983 and
 # scores 2.8e-2 of their spread, the rerankers 1.3e-2 to 0.11 of theirs, the ICL embedder 0.9980; torch's own bf16
 # autocast of the same checkpoints misses too (AMD EPYC, torch 2.13, 64 texts: tiny-bert 0.9960, tiny-xlmr 0.9984,
-# rerankers 1.2e-2 to 3.3e-2 of the spread). Keeping every non-MatMul node of the tiny reranker in fp32 (the
-# IR's "precise" mark) did not help: the rounding of the MatMul inputs dominates. Gated at the half bounds: the
-# real MiniLM and the Gemma2 embedder (cosine min 0.99957 on the AMX Xeon). Elsewhere the build reports the failing gate (and exits 1), and
-# this test checks that bf16 really ran and stayed within the int8 sanity bounds.
+# rerankers 1.2e-2 to 3.3e-2 of the spread). In a one-off probe, keeping every non-MatMul node of the tiny
+# reranker in fp32 (the IR's "precise" mark) did not help: the rounding of the MatMul inputs dominates. Gated at
+# the half bounds: the real MiniLM and the Gemma2 embedder (cosine min 0.99957 on the AMX Xeon). Elsewhere the
+# build reports the failing gate (and exits 1), and this test checks that bf16 really ran and stayed within the
+# int8 sanity bounds.
 BF16_GATED = {"minilm-real", "tiny-gemma2-embedder"}
 
 
