@@ -10,8 +10,6 @@ import sys
 from bge_export import __version__
 
 COMMANDS = ("inspect", "parity", "bench", "families", "lint")
-TARGET_NAMES = ("onnx", "ort-cpu", "ort-cpu-int8", "ov-cpu", "ov-cpu-bf16", "ov-cpu-int8", "ort-cuda", "ort-cuda-fp16",
-                "onnx-fp16", "onnx-int8", "trt-fp16", "trt-bf16", "trt-int8")  # in sync with build.targets (tested)
 
 MAIN_DESCRIPTION = """\
 Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
@@ -33,24 +31,20 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
 or with FlagEmbedding's class names:  from runtimes import FlagModel; FlagModel(BUNDLE).encode([...])
 """
 
-TARGET_HELP = """targets:
-  onnx           the exported fp32 ONNX graph, unoptimised (portable)
-  ort-cpu        fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU
-  ort-cpu-int8   dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned
-                 without), FFN down-projections kept fp32
-  ov-cpu         OpenVINO IR, fp32 inference precision (needs the openvino extra)
-  ov-cpu-bf16    OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);
-                 norms and softmax sums stay fp32; refused on CPUs without bf16
-  ov-cpu-int8    OpenVINO IR quantized with NNCF: int8 weights (default; the accurate one), or --ov-int8
-                 static for int8 weights and activations calibrated on text
-  ort-cuda       fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs
-  ort-cuda-fp16  the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)
-  onnx-fp16      the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime
-  onnx-int8      the symmetric QDQ int8 ONNX that trt-int8 compiles; parity-checked on ONNX Runtime
-  trt-fp16       TensorRT engine (strongly typed) from onnx-fp16; needs TensorRT and an NVIDIA GPU
-  trt-bf16       TensorRT engine from a bf16 export (decoder families; the Gemma models)
-  trt-int8       TensorRT engine from onnx-int8 (explicit quantization)
-GPU bundles built on a machine without CUDA are parity-checked on ONNX Runtime CPU: that checks the graph and
+def target_help() -> str:
+    """The --help epilog: every registered target with its help line, then the commands."""
+    from bge_export.build.targets import TARGETS
+
+    width = max(map(len, TARGETS)) + 1
+    lines = ["targets:"]
+    for name, tgt in TARGETS.items():
+        first, *rest = tgt.help.split("\n")
+        lines.append(f"  {name:<{width}} {first}")
+        lines += [f"  {'':<{width}} {line}" for line in rest]
+    return "\n".join(lines) + "\n" + TARGET_HELP_TAIL
+
+
+TARGET_HELP_TAIL = """GPU bundles built on a machine without CUDA are parity-checked on ONNX Runtime CPU: that checks the graph and
 its precision, not the CUDA kernels; re-run `bge-export parity BUNDLE` on the GPU machine.
 
 other commands (bge-export COMMAND --help):
@@ -85,7 +79,10 @@ def _log(msg: str) -> None:
 
 
 def main_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bge-export", description=MAIN_DESCRIPTION, epilog=TARGET_HELP,
+    from bge_export.build.targets import build_options
+    from bge_export.families.base import variant_options
+
+    p = argparse.ArgumentParser(prog="bge-export", description=MAIN_DESCRIPTION, epilog=target_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="PATH_OR_ID", default=None,
                    help="checkpoint folder, or a hub id in the local HF cache (default: the embedded all-MiniLM-L6-v2)")
@@ -93,42 +90,13 @@ def main_parser() -> argparse.ArgumentParser:
                    help="engine to build (default: the fastest non-int8 CPU target for this CPU: ov-cpu-bf16 where it "
                         "has bf16, else the faster fp32 one; the build says which and why; see below)")
     p.add_argument("--out", metavar="DIR", default=None, help="bundle folder (default: bundles/<model>-<target>)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default=None,
-                   help="encoder pooling (default: cls, as FlagModel)")
-    g = p.add_argument_group("decoder families (export-time variants, recorded in the manifest)")
-    g.add_argument("--cutoff-layers", metavar="L1,L2", default=None,
-                   help="layer-wise / lightweight rerankers: the layers to score at, e.g. 28,40 (default: the last "
-                        "layer); the graph stops at the deepest one and outputs one score per layer")
-    g.add_argument("--compress-ratio", type=int, metavar="N", default=None,
-                   help="lightweight reranker: average the passage tokens N at a time (default 1: no compression)")
-    g.add_argument("--compress-layers", metavar="L1,L2", default=None,
-                   help="lightweight reranker: compress before these layers (default: 8, as FlagEmbedding)")
-    g.add_argument("--export-dtype", choices=("fp32", "fp16", "bf16"), default=None,
-                   help="weight dtype of the decoder graph (default fp32; norms, RoPE and softmax stay fp32; "
-                        "bf16 graphs do not run on ONNX Runtime CPU)")
-    g.add_argument("--attention", choices=("eager", "sdpa"), default=None,
-                   help="Gemma2 embedders: eager keeps the attention soft-cap the model was trained with "
-                        "(default), sdpa drops it as transformers' SDPA does; the reference is pinned to the same")
-    g.add_argument("--embedder-api", choices=("FlagLLMModel", "FlagICLModel"), default=None,
-                   help="decoder embedders: the FlagEmbedding API to serve (default: FlagICLModel for bge-en-icl)")
-    t = p.add_argument_group("TensorRT targets (trt-*)")
-    t.add_argument("--trt-seq-buckets", metavar="L1,L2", default=None,
-                   help="one optimization profile per sequence bucket up to the model's max length "
-                        "(default 128,512 and the max length)")
-    t.add_argument("--trt-max-batch", type=int, metavar="N", default=None,
-                   help="largest batch of each profile (default 64; buckets over 512 tokens get 64*512/length)")
-    t.add_argument("--trt-opt-batch", type=int, metavar="N", default=None,
-                   help="the batch TensorRT tunes its kernels for (default: the profile's largest)")
-    t.add_argument("--timing-cache", metavar="FILE", default=None,
-                   help="TensorRT timing cache to reuse and update (default ~/.cache/bge-export/tensorrt-*.timing-cache)")
-    t.add_argument("--trt-opt-level", type=int, choices=range(0, 6), default=None, metavar="0-5",
-                   help="builder optimization level (default 3)")
-    t.add_argument("--trt-workspace-gb", type=float, metavar="GB", default=None,
-                   help="workspace memory limit for the builder (default: TensorRT's, the GPU's memory)")
-    o = p.add_argument_group("OpenVINO targets (ov-cpu*)")
-    o.add_argument("--ov-int8", choices=("weights", "static"), default=None,
-                   help="ov-cpu-int8: weights (int8 weights, float compute; default) or static (int8 weights and "
-                        "activations calibrated on text; less accurate, faster only where int8 is fast)")
+    # the families' export-time options and the targets' builder options, generated from their declarations
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for opt in variant_options() + build_options():
+        if opt.group is None:
+            opt.add_to(p)
+        else:
+            opt.add_to(groups.setdefault(opt.group, p.add_argument_group(opt.group)))
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--no-parity", action="store_true", help="skip the parity check against FlagEmbedding")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -142,15 +110,11 @@ def cmd_build(argv: list[str]) -> int:
     _quiet_third_party()
     from bge_export.compile import compile_bundle, require_parity
 
-    variant = {"cutoff_layers": args.cutoff_layers, "compress_ratio": args.compress_ratio,
-               "compress_layers": args.compress_layers, "export_dtype": args.export_dtype,
-               "attention": args.attention, "api": args.embedder_api}
-    from bge_export.build.trt import parse_int_list
+    from bge_export.build.targets import build_options as target_options
+    from bge_export.families.base import variant_options
 
-    build_options = {"sequence_buckets": parse_int_list(args.trt_seq_buckets, "--trt-seq-buckets"),
-                     "max_batch": args.trt_max_batch, "opt_batch": args.trt_opt_batch,
-                     "timing_cache": args.timing_cache, "optimization_level": args.trt_opt_level,
-                     "workspace_gb": args.trt_workspace_gb, "int8_method": args.ov_int8}
+    variant = {opt.dest: opt.value(args) for opt in variant_options()}
+    build_options = {opt.dest: opt.value(args) for opt in target_options()}
     target = args.target
     if target is None:
         from bge_export.build.targets import default_cpu_target
@@ -158,7 +122,7 @@ def cmd_build(argv: list[str]) -> int:
         target, why = default_cpu_target()
         if not args.quiet:
             _log(f"no --target given: building {target} ({why})")
-    result = compile_bundle(args.model, target, args.out, pooling=args.pooling, variant=variant,
+    result = compile_bundle(args.model, target, args.out, variant=variant,
                             parity=not args.no_parity, build_options=build_options,
                             overwrite=args.overwrite, log=_log, quiet=args.quiet,
                             on_parity=None if args.json else lambda text: print(text, flush=True))

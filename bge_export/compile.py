@@ -7,7 +7,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bge_export import __version__
@@ -95,6 +95,47 @@ def check_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class BuildSettings:
+    """Everything that decides an engine: the checkpoint's weights, the family and its export-time variant, the
+    target, the precision and export dtype, the builder's options, and the versions of bge-export and the tools.
+    ``key()`` hashes them; the manifest records both, so two bundles with equal keys hold equal engines (the way
+    Torch-TensorRT keys its engine cache). Builder options left at None are not part of it (defaults apply)."""
+
+    family: str
+    weights_sha256: str
+    variant: tuple[tuple[str, str], ...]  # (option, JSON value), sorted
+    target: str
+    precision: str
+    export_dtype: str
+    options: tuple[tuple[str, str], ...] = ()  # the builder's options that were set: (name, JSON value), sorted
+    tools: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(sorted(tool_versions().items())))
+    bge_export_version: str = __version__
+
+    @staticmethod
+    def of(family: Family, target: Target, options: dict) -> "BuildSettings":
+        def frozen(d: dict) -> tuple:
+            return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items() if v is not None))
+
+        return BuildSettings(family.name, family.ckpt.weights_sha256(), frozen(family.variant), target.name,
+                             bundle_precision(family, target), family.export_dtype(), frozen(options))
+
+    @property
+    def builder_options(self) -> dict:
+        return {k: json.loads(v) for k, v in self.options}
+
+    def to_json(self) -> dict:
+        return {"family": self.family, "weights_sha256": self.weights_sha256, "target": self.target,
+                "precision": self.precision, "export_dtype": self.export_dtype,
+                "variant": {k: json.loads(v) for k, v in self.variant}, "options": self.builder_options,
+                "tools": dict(self.tools), "bge_export_version": self.bge_export_version}
+
+    def key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class CompileResult:
     bundle: Path
@@ -105,14 +146,14 @@ class CompileResult:
 
 def prepare(model, target: str, build_options: dict | None = None, **variant) -> tuple[Family, Target]:
     """The family object (with its export-time variant: pooling, cutoff layers, export dtype, ...) and the target.
-    Options left at None take the family's defaults. Decoder families build half-precision targets from a
-    half-precision export (their own implementation keeps norms, RoPE and softmax in fp32)."""
+    Options left at None take the family's defaults. Families with their own half-precision export build
+    half-precision targets from it (their implementation keeps norms, RoPE and softmax in fp32)."""
     ckpt = resolve_checkpoint(model)
     family_cls = recognise(ckpt)
     target_obj = get_target(target)
     options = {k: v for k, v in variant.items() if v is not None}
     family = family_cls(ckpt, **options)
-    get_target(target, family)
+    get_target(target, family)  # Target.supports: refused with the target's reason
     dtype = family.export_dtype()
     precision = target_precision(target_obj, family.half_dtype())
     if target_obj.from_fp32_export and dtype != "fp32":
@@ -148,8 +189,10 @@ def compile_bundle(
     ``gate_retrieval=False`` reports retrieval statistics without gating them (random-weight test checkpoints)."""
     prog = Progress(6 if parity else 5, write=log, quiet=quiet)
     build_options = {k: v for k, v in (build_options or {}).items() if v is not None}
-    family, tgt = prepare(model, target, build_options, pooling=pooling, **(variant or {}))
-    precision = bundle_precision(family, tgt)
+    variant = {**(variant or {}), **({"pooling": pooling} if pooling is not None else {})}
+    family, tgt = prepare(model, target, build_options, **variant)
+    settings = BuildSettings.of(family, tgt, build_options)
+    precision = settings.precision
     ckpt = family.ckpt
     out = check_out_dir(Path(out) if out else default_out_dir(ckpt, target), overwrite)
     info = family.model_info()
@@ -179,12 +222,12 @@ def compile_bundle(
         else:
             prog.step(f"reusing the ONNX export {exported.path}")
         prog.step(f"building target {tgt.name}: {tgt.description}")
-        built = tgt.build_fn()(family, exported, tmp, prog.info, **build_options)
+        built = tgt.build_fn()(family, exported, tmp, prog.info, **settings.builder_options)
         if (tmp / "_export").exists():
             shutil.rmtree(tmp / "_export")
         prog.step("writing the bundle (manifest, tokenizer, model)")
         tok, tok_files = _save_tokenizer(ckpt, tmp / TOKENIZER_DIR)
-        fields = _manifest_fields(family, tgt, exported, built, tok)
+        fields = _manifest_fields(family, tgt, exported, built, tok, settings)
         fields["files"] = describe_files(tmp, built.files + tok_files)
         manifest = Manifest.build(fields)
         manifest.write(tmp)
@@ -228,19 +271,19 @@ def _save_tokenizer(ckpt: Checkpoint, folder: Path):
     return tok, names
 
 
-def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
+def _manifest_fields(family: Family, tgt: Target, exported, built, tok, settings: BuildSettings) -> dict:
     info = family.model_info()
-    sizes = {"hidden": info["hidden_size"], "colbert": info.get("colbert_dim")}
+    sizes = family.axis_sizes(info)
     return {
         "bge_export_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "family": family.name,
         "variant": family.variant,
         "target": tgt.name,
-        "precision": bundle_precision(family, tgt),
+        "precision": settings.precision,
         "engine": {"kind": tgt.engine_kind, "file": "model.onnx", "providers": list(tgt.providers), **built.engine},
         "source": {"checkpoint": str(family.ckpt.path), "name": family.ckpt.name,
-                   "weights_sha256": family.ckpt.weights_sha256()},
+                   "weights_sha256": settings.weights_sha256},
         "model": info,
         "io": {"inputs": [s.to_json(sizes) for s in family.inputs()],
                "outputs": [s.to_json(sizes) for s in family.outputs()]},
@@ -248,28 +291,30 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok) -> dict:
         "tokenizer": {"dir": TOKENIZER_DIR, "pad_token_id": int(tok.pad_token_id), "padding_side": tok.padding_side,
                       "truncation_side": tok.truncation_side},
         "runtime": {"api": family.reference_api, "defaults": family.runtime_defaults()},
-        "build": {"export": {"opset": 18, "exporter": "torch.onnx dynamo", "check_vs_torch": exported.check,
+        "build": {"key": settings.key(), "settings": settings.to_json(),
+                  "export": {"opset": 18, "exporter": "torch.onnx dynamo", "check_vs_torch": exported.check,
                              "external_data": exported.external_data, "seconds": round(exported.seconds, 2)},
                   **built.info},
-        "tools": tool_versions(),
+        "tools": dict(settings.tools),
         "files": {},
         "parity": None,
     }
 
 
 def _unrunnable(precision: str, manifest: Manifest) -> str | None:
-    from bge_export.parity import unrunnable
+    from bge_export.parity_run import unrunnable
 
     return unrunnable(precision, manifest.engine)
 
 
 def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
                 gate_retrieval: bool) -> tuple[Manifest, bool, str]:
-    from bge_export import parity
+    from bge_export import parity, parity_run
 
     require("FlagEmbedding")
-    checks, golden = family.run_parity(tmp, precision, parity.parity_texts(), log=log, gate_retrieval=gate_retrieval)
-    device = parity.parity_device(manifest.engine).name
+    checks, golden = family.run_parity(tmp, precision, parity_run.parity_texts(), log=log,
+                                       gate_retrieval=gate_retrieval)
+    device = parity_run.parity_device(manifest.engine).name
     ok, text = parity.report(checks, f"{family.name} / {tgt.name} vs FlagEmbedding {family.reference_api} (on {device})")
     sample = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in golden.items() if k != "n_texts"}
     (tmp / GOLDEN).write_text(json.dumps({**sample, "precision": precision}, ensure_ascii=False), encoding="utf-8")

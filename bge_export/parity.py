@@ -1,19 +1,14 @@
-"""Parity: an engine bundle against FlagEmbedding's own API (fp32, CPU) on the same checkpoint and inputs.
+"""Parity's rules: the tolerance table, the comparison of computed statistics with it, and the statistics.
 
 ONE tolerance table, keyed by (family, output, precision). Each row names a statistic and a bound; a failing
 check prints the smallest bound that would have passed. Retrieval-level agreement (top-10 overlap) is
-reported beside the raw errors.
+reported beside the raw errors. What each family compares (inputs, calls, outputs) is its parity recipe
+(``Family.run_parity`` in bge_export/families/); how a recipe runs the reference and the bundle is
+bge_export/parity_run.py.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import os
 from dataclasses import asdict, dataclass
-from importlib import resources
-from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -83,19 +78,21 @@ TOLERANCES: dict[tuple[str, str, str], tuple[Tolerance, ...]] = {
     ("cross-encoder", "score", "fp16"): (Tolerance("max_abs_rel_spread", HALF_REL, False),),
     ("cross-encoder", "golden", "fp16"): (Tolerance("max_abs_rel_spread", HALF_REL, False),),
 }
-# The decoder families (bge_export/decoder_parity.py): the same scaled rule on their scores.
+# The decoder rerankers (bge_export/families/decoders.py): the same scaled rule on their scores.
 for _fam in ("llm-reranker", "layerwise-reranker", "compressed-reranker"):
     TOLERANCES.update({
         (_fam, "tokens", "*"): (Tolerance("mismatched_pairs", 0, False),),
-        # the compressed reranker is right-padded only (FlagEmbedding forces it), so no padding-side row there
-        (_fam, "score", "fp32"): (Tolerance("max_abs_rel_spread", FP32_REL, False),) + (
-            () if _fam == "compressed-reranker" else (Tolerance("padding_side_max_abs_rel_spread", FP32_REL, False),)),
+        (_fam, "score", "fp32"): (Tolerance("max_abs_rel_spread", FP32_REL, False),),
         (_fam, "score", "fp16"): (Tolerance("max_abs_rel_spread", HALF_REL, False),),
         (_fam, "score", "int8"): (Tolerance("spearman", 0.95, True),),
         (_fam, "golden", "fp32"): (Tolerance("max_abs_rel_spread", FP32_REL, False),),
         (_fam, "golden", "fp16"): (Tolerance("max_abs_rel_spread", HALF_REL, False),),
         (_fam, "golden", "int8"): (Tolerance("spearman", 0.95, True),),
     })
+# the same scores with the opposite padding side, where the family allows both (the compressed reranker is
+# right-padded only: FlagEmbedding forces it)
+for _fam in ("llm-reranker", "layerwise-reranker"):
+    TOLERANCES[(_fam, "score", "fp32")] += (Tolerance("padding_side_max_abs_rel_spread", FP32_REL, False),)
 TOLERANCES.update({
     ("llm-embedder", "tokens", "*"): (Tolerance("mismatched_texts", 0, False),),
     ("llm-embedder", "dense", "fp32"): (Tolerance("cosine_min", 0.99999, True),),
@@ -242,404 +239,8 @@ def rel_spread_error(ref, got) -> float:
     return scaled_error(ref, got, spread(ref))
 
 
-# --- the reference, with its results remembered for the process ----------------------------------------
-
-# FlagEmbedding's pure calls (same checkpoint, variant, options, state and arguments give the same result)
-_MEMO_METHODS = frozenset({"encode", "encode_queries", "encode_corpus", "compute_score", "convert_id_to_token",
-                           "compute_lexical_matching_score", "colbert_score"})
-_STATE_METHODS = frozenset({"set_examples"})  # calls that change what later calls return
-_REFERENCE_RESULTS: dict[tuple, object] = {}
-
-
-def _digest(*parts) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, default=repr, ensure_ascii=False).encode()).hexdigest()
-
-
-class CachedReference:
-    """FlagEmbedding's reference object for one parity run. Its pure calls are remembered for the process, keyed
-    on the checkpoint's weights, the family's variant, the constructor options, the state-changing calls made so
-    far (set_examples) and the arguments, so that parity of several targets of one checkpoint (the test suite,
-    `bge-export bench` checks) runs FlagEmbedding once. The real object is built on the first call it must
-    answer, and replays this run's state-changing calls; every run starts from a fresh object's state."""
-
-    def __init__(self, family, **kwargs):
-        self._family, self._kwargs = family, kwargs
-        self._key = _digest(str(family.ckpt.path), family.ckpt.weights_sha256(), family.variant, kwargs)
-        self._obj = None
-        self._state: list[tuple] = []
-
-    def _real(self):
-        if self._obj is None:
-            self._obj = self._family.reference(**self._kwargs)
-            for name, args, kwargs in self._state:
-                getattr(self._obj, name)(*args, **kwargs)
-        return self._obj
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if name in _MEMO_METHODS:
-            return functools.partial(self._memo, name)
-        if name in _STATE_METHODS:
-            def change(*args, **kwargs):
-                self._state.append((name, args, kwargs))
-                return None if self._obj is None else getattr(self._obj, name)(*args, **kwargs)
-            return change
-        return getattr(self._real(), name)
-
-    def _memo(self, name: str, *args, **kwargs):
-        import copy
-
-        key = (self._key, _digest(self._state), name, _digest(args, kwargs))
-        if key not in _REFERENCE_RESULTS:
-            _REFERENCE_RESULTS[key] = getattr(self._real(), name)(*args, **kwargs)
-        return copy.deepcopy(_REFERENCE_RESULTS[key])
-
-
-def cached_reference(family, **kwargs) -> CachedReference:
-    return CachedReference(family, **kwargs)
-
-
-class ParityDevice(NamedTuple):
-    backend_options: dict  # for runtimes.load
-    name: str  # for the report
-    cpu: bool  # ONNX Runtime CPU: no bf16 kernels
-
-
-def parity_device(engine: dict) -> ParityDevice:
-    """Where parity runs a bundle's engine. A CUDA bundle on a machine without CUDA runs its graph on ONNX Runtime
-    CPU: that checks the graph and its precision (fp16 weights, fp32 islands, QDQ), not the CUDA kernels, and the
-    report says so."""
-    providers = engine.get("providers", [])
-    if engine["kind"] == "openvino":
-        return ParityDevice({}, f"OpenVINO CPU, {engine.get('inference_precision', 'fp32')} inference precision", False)
-    if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in providers:
-        name = (providers or [engine["kind"]])[0]
-        return ParityDevice({}, name, name == "CPUExecutionProvider")
-    if cuda_usable():
-        return ParityDevice({}, "CUDAExecutionProvider", False)
-    return ParityDevice({"providers": ["CPUExecutionProvider"]},
-                        "CPUExecutionProvider (no CUDA here: checks the graph, not the CUDA kernels)", True)
-
-
-def unrunnable(precision: str, engine: dict) -> str | None:
-    """Why parity cannot run this bundle here, or None."""
-    if engine["kind"] == "openvino":
-        if engine.get("inference_precision") == "bf16" and not openvino_bf16():
-            from runtimes.cpu import cpu_name
-
-            return (f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512-BF16 or AMX), and OpenVINO would run "
-                    "the bundle in fp32 here; run `bge-export parity BUNDLE` on the CPU it is deployed to")
-        return None
-    if precision == "bf16" and parity_device(engine).cpu:
-        return "bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); check them on the CUDA machine"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def openvino_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 on this CPU (it lists BF16 among its optimization capabilities)."""
-    from runtimes._optional import require
-    from runtimes.backends.openvino import device_supports_bf16
-
-    return device_supports_bf16(require("openvino").Core())
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_usable() -> bool:
-    """Whether ONNX Runtime can run on a GPU here. Listing the CUDA provider is not enough (it is compiled into
-    onnxruntime-gpu whether or not a GPU and the CUDA libraries are present): start a one-node session on it."""
-    from runtimes._optional import require
-
-    ort = require("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    helper, tp = require("onnx.helper"), require("onnx").TensorProto
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", tp.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", tp.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    try:
-        if hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        return sess.get_providers()[0] == "CUDAExecutionProvider"
-    except Exception:  # noqa: BLE001 - any failure to start CUDA means: not usable here
-        return False
-
-
-def load_for_parity(bundle_path, **options):
-    """runtimes.load on the device parity_device picks."""
-    import runtimes
-
-    device = parity_device(runtimes.open_bundle(bundle_path, verify=False).manifest.engine)
-    return runtimes.load(bundle_path, verify=False, backend_options=device.backend_options, **options)
-
-
-def parity_texts() -> dict:
-    """The built-in inputs: edge cases (empty, emoji, CJK, > max_length), queries and a 270-passage corpus."""
-    data = json.loads(resources.files("bge_export").joinpath("data/parity_texts.json").read_text(encoding="utf-8"))
-    return data
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    with open(os.devnull, "w") as null, contextlib.redirect_stderr(null):
-        yield
-
-
-# --- the encoder family ---------------------------------------------------------------------------------
-
-QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
-
-
-def encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print,
-                   gate_retrieval: bool = True) -> tuple[list[Check], dict]:
-    """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
-    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
-    model = load_for_parity(bundle_path, query_instruction_for_retrieval=QUERY_INSTRUCTION, batch_size=16)
-    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
-    everything = edge + queries + corpus
-
-    # 1. the runtime's tokenizer against the HF tokenizer FlagModel uses (also at a short max_length)
-    checks = gate(family.name, "tokens", "*",
-                  {"mismatched_texts": text_token_mismatches(family, model, everything, model.max_length)})
-
-    # 2. embeddings: plain encode over everything (mixed lengths in one batch, truncation at max_length),
-    #    a short max_length, and the retrieval pair encode_queries / encode_corpus
-    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
-    n = model.max_length  # the same max_length on both sides (FlagModel's own default is 512 regardless)
-    with quiet_stderr():  # FlagEmbedding draws tqdm bars it does not let us switch off
-        ref_all = reference.encode(everything, batch_size=32, max_length=n)
-        ref_short = reference.encode(edge, max_length=16)
-        q_ref = reference.encode_queries(queries, max_length=n)
-        c_ref = reference.encode_corpus(corpus, batch_size=32, max_length=n)
-    got_all = model.encode(everything)
-    got_short = model.encode(edge, max_length=16)
-    q_got, c_got = model.encode_queries(queries), model.encode_corpus(corpus)
-    ref = np.concatenate([ref_all, ref_short, q_ref, c_ref])
-    got = np.concatenate([got_all, got_short, q_got, c_got])
-    cos = cosine_rows(ref, got)
-    values = {
-        "cosine_min": float(cos.min()),
-        "cosine_mean": float(cos.mean()),
-        "max_abs": float(np.abs(ref - got).max()),
-        "top10_overlap": topk_overlap(q_ref, c_ref, q_got, c_got, k=10),
-    }
-    # the reference's own noise floor: the same texts one at a time instead of in padded batches
-    probe = edge + queries
-    with quiet_stderr():
-        ref_single = reference.encode(probe, batch_size=1, max_length=n)
-    values["reference_self_max_abs"] = float(np.abs(ref_single - ref_all[: len(probe)]).max())
-    notes = {"top10_overlap": f"{len(queries)} queries x {len(corpus)} passages, against FlagModel's top 10",
-             "reference_self_max_abs": "FlagModel batch 1 vs batch 32"}
-    if gate_retrieval:  # trained weights: what users feel, on the labelled set (a random checkpoint has no signal)
-        log("measuring recall@10 and MRR on the labelled retrieval set (FlagModel and the bundle)")
-        quality, quality_notes = retrieval_quality(family, reference, model, n)
-        values.update(quality)
-        notes.update(quality_notes)
-    checks += gate(family.name, "dense", precision, values, notes, gate_retrieval=gate_retrieval)
-    golden = {"texts": list(edge), "reference": ref_all[: len(edge)], "n_texts": len(everything)}
-    return checks, golden
-
-
-_REFERENCE_QUALITY: dict = {}  # (checkpoint, weights, instruction, max_length) -> FlagModel's (recall@10, MRR)
-
-
-def retrieval_quality(family, reference, model, max_length: int) -> tuple[dict, dict]:
-    """recall@10 and MRR of FlagModel and of the bundle on the labelled retrieval set (bge_export/retrieval_set.py),
-    with encode_queries / encode_corpus as users call them; the drops are gated for int8."""
-    from bge_export import retrieval_set
-
-    data = retrieval_set.load()
-    queries = [q["text"] for q in data["queries"]]
-    passages = [p["text"] for p in data["passages"]]
-    relevant = [q["relevant"] for q in data["queries"]]
-    key = (str(family.ckpt.path), family.ckpt.weights_sha256(), reference.query_instruction_for_retrieval, max_length)
-    if key not in _REFERENCE_QUALITY:  # several bundles of one checkpoint in one process share the reference
-        with quiet_stderr():
-            q_ref = reference.encode_queries(queries, batch_size=32, max_length=max_length)
-            p_ref = reference.encode_corpus(passages, batch_size=32, max_length=max_length)
-        _REFERENCE_QUALITY[key] = retrieval_set.recall_mrr(q_ref, p_ref, relevant)
-    recall_ref, mrr_ref = _REFERENCE_QUALITY[key]
-    recall, mrr = retrieval_set.recall_mrr(model.encode_queries(queries), model.encode_corpus(passages), relevant)
-    where = f"{len(queries)} queries, {len(passages)} passages of the King James Bible"
-    values = {"recall@10_reference": recall_ref, "recall@10": recall, "recall@10_drop": round(recall_ref - recall, 9),
-              "mrr_reference": mrr_ref, "mrr": mrr, "mrr_drop": round(mrr_ref - mrr, 9)}  # 0.465 - 0.455 is 0.01
-    notes = {"recall@10_reference": f"FlagModel, {where}", "recall@10": "the bundle, same set",
-             "recall@10_drop": "FlagModel minus the bundle", "mrr_reference": "FlagModel", "mrr": "the bundle",
-             "mrr_drop": "FlagModel minus the bundle"}
-    return values, notes
-
-
-def text_token_mismatches(family, model, texts: list[str], max_length: int) -> int:
-    """Texts whose runtime token ids differ from the HF tokenizer's, at ``max_length`` and at 16 (truncation)."""
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(family.ckpt.path))
-    mismatched = 0
-    for n in (max_length, 16):
-        want = hf(texts, truncation=True, max_length=n)["input_ids"]
-        got = [e.ids for e in model.tokenizer.encode(texts, n)]
-        mismatched += sum(w != g for w, g in zip(want, got))
-    return mismatched
-
-
 def dense_sample_values(reference, got) -> dict:
-    """Dense vectors against the bundle's stored reference sample."""
+    """Dense vectors against stored reference vectors (the bundle's reference sample)."""
     ref = np.asarray(reference, dtype=np.float32)
     cos = cosine_rows(ref, got)
     return {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(ref - got).max())}
-
-
-def encoder_golden_values(model, sample: dict) -> dict:
-    return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
-
-
-# --- the cross-encoder family ---------------------------------------------------------------------------
-
-def rerank_pairs(texts: dict) -> tuple[list[list[str]], list[list[str]]]:
-    """(pairs, edge pairs): every query with 8 passages spread over the corpus, and each edge case as a query
-    and as a passage (empty strings, emoji, CJK, a query longer than 3/4 max_length, a passage beyond max_length)."""
-    queries, corpus, edge = texts["queries"], texts["corpus"], texts["edge_cases"]
-    pairs = [[q, corpus[(7 * i + 31 * j) % len(corpus)]] for i, q in enumerate(queries) for j in range(8)]
-    edge_pairs = [[e, corpus[i % len(corpus)]] for i, e in enumerate(edge)] + [[queries[i % len(queries)], e]
-                                                                             for i, e in enumerate(edge)]
-    return pairs, edge_pairs
-
-
-def cross_encoder_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    """FlagReranker vs runtimes.load(bundle).compute_score; returns (checks, golden sample)."""
-    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
-
-    reference = cached_reference(family)
-    model = load_for_parity(bundle_path, batch_size=16)
-    pairs, edge_pairs = rerank_pairs(texts)
-    everything = pairs + edge_pairs
-    n = model.max_length
-
-    # 1. pair token ids: the runtime against FlagReranker's own construction (at max_length and a short one)
-    tok = reference.tokenizer
-    mismatched = 0
-    for ml in (n, 32):
-        qml = ml * 3 // 4
-        q_ids = tok([q for q, _ in everything], add_special_tokens=False, max_length=qml, truncation=True)["input_ids"]
-        p_ids = tok([p for _, p in everything], add_special_tokens=False, max_length=ml, truncation=True)["input_ids"]
-        want = [prepare_for_model_compat(tok, q, p, truncation="only_second", max_length=ml, padding=False)["input_ids"]
-                for q, p in zip(q_ids, p_ids)]
-        got = [e.ids for e in model.tokenizer.encode_pairs([q for q, _ in everything], [p for _, p in everything], qml, ml)]
-        mismatched += sum(w != g for w, g in zip(want, got))
-    checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
-
-    # 2. scores, at max_length and at a short max_length that truncates most pairs
-    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
-    with quiet_stderr():
-        ref = np.asarray(reference.compute_score(everything, batch_size=32, max_length=n))
-        ref_short = np.asarray(reference.compute_score(edge_pairs, max_length=32))
-        ref_single = np.asarray(reference.compute_score(edge_pairs, batch_size=1, max_length=n))
-    got = np.asarray(model.compute_score(everything))
-    got_short = np.asarray(model.compute_score(edge_pairs, max_length=32))
-    r, g = np.concatenate([ref, ref_short]), np.concatenate([got, got_short])
-    values = {"max_abs": float(np.abs(r - g).max()), "spearman": spearman(r, g),
-              "score_spread": spread(r), "max_abs_rel_spread": rel_spread_error(r, g),
-              "reference_self_max_abs": float(np.abs(ref_single - ref[len(pairs):]).max())}
-    notes = {"score_spread": "max - min of the reference scores",
-             "max_abs_rel_spread": f"max |ref - bundle| / max(spread, {SCALE_FLOOR:g})",
-             "reference_self_max_abs": "FlagReranker batch 1 vs batch 32"}
-    checks += gate(family.name, "score", precision, values, notes)
-    golden = {"pairs": edge_pairs, "reference": ref[len(pairs):], "n_texts": len(everything)}
-    return checks, golden
-
-
-# --- the m3 family --------------------------------------------------------------------------------------
-
-def m3_golden_values(model, sample: dict) -> dict:
-    return dense_sample_values(sample["reference"], model.encode(sample["texts"])["dense_vecs"])
-
-
-def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
-    largest = max((float(v) for r in ref for v in r.values()), default=0.0)
-    key_mismatch, raw_mismatch, max_abs, overlaps = 0, 0, 0.0, []
-    for r, g in zip(ref, got):
-        only = set(r) ^ set(g)
-        raw_mismatch += len(only)
-        key_mismatch += sum(1 for k in only if scaled(float(r.get(k, g.get(k, 0))), largest) > FP32_REL)
-        for k in set(r) & set(g):
-            max_abs = max(max_abs, abs(float(r[k]) - float(g[k])))
-        top_r = {k for k, _ in sorted(r.items(), key=lambda kv: -kv[1])[:10]}
-        top_g = {k for k, _ in sorted(g.items(), key=lambda kv: -kv[1])[:10]}
-        if top_r:
-            overlaps.append(len(top_r & top_g) / len(top_r))
-    return {"key_mismatch": key_mismatch, "raw_key_mismatch": raw_mismatch, "max_abs": max_abs,
-            "largest_weight": largest, "max_abs_rel_max": scaled(max_abs, largest),
-            "top10_key_overlap": float(np.mean(overlaps)) if overlaps else 1.0}
-
-
-def m3_parity(family, bundle_path: Path, precision: str, texts: dict, *, log=print):
-    """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
-    reference = cached_reference(family)
-    model = load_for_parity(bundle_path, batch_size=16)
-    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
-    everything = edge + queries + corpus[:120]
-    n = model.passage_max_length
-
-    mismatched = text_token_mismatches(family, model, everything, n)
-
-    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
-    heads = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
-    with quiet_stderr():
-        ref = reference.encode(everything, batch_size=32, max_length=n, **heads)
-        ref_short = reference.encode(edge, max_length=16, **heads)
-        ref_single = reference.encode(edge, batch_size=1, max_length=n, return_dense=True)["dense_vecs"]
-    got = model.encode(everything, max_length=n, **heads)
-    got_short = model.encode(edge, max_length=16, **heads)
-    decode_ref = reference.convert_id_to_token(ref["lexical_weights"][:40])  # the same dicts on both sides
-    decode_got = model.convert_id_to_token(ref["lexical_weights"][:40])
-    mismatched_decodes = sum(set(a) != set(b) for a, b in zip(decode_ref, decode_got))
-    checks = gate(family.name, "tokens", "*", {"mismatched_texts": mismatched, "mismatched_decodes": mismatched_decodes})
-
-    d_ref = np.concatenate([ref["dense_vecs"], ref_short["dense_vecs"]])
-    d_got = np.concatenate([got["dense_vecs"], got_short["dense_vecs"]])
-    cos = cosine_rows(d_ref, d_got)
-    checks += gate(family.name, "dense", precision, {
-        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(d_ref - d_got).max()),
-        "reference_self_max_abs": float(np.abs(ref_single - ref["dense_vecs"][:len(edge)]).max())})
-
-    sparse = _sparse_stats(ref["lexical_weights"] + ref_short["lexical_weights"],
-                           got["lexical_weights"] + got_short["lexical_weights"])
-    checks += gate(family.name, "sparse", precision, sparse,
-                   {"raw_key_mismatch": "ids on one side only, any weight",
-                    "key_mismatch": "ids on one side only with a weight above 1e-4 of the largest",
-                    "max_abs_rel_max": f"max |ref - bundle| / max(largest weight, {SCALE_FLOOR:g})"})
-
-    c_ref = ref["colbert_vecs"] + ref_short["colbert_vecs"]
-    c_got = got["colbert_vecs"] + got_short["colbert_vecs"]
-    same = [(a, b) for a, b in zip(c_ref, c_got) if a.shape == b.shape]
-    c_cos = np.concatenate([cosine_rows(a, b) for a, b in same if len(a)])
-    c_max_abs = float(max(np.abs(a - b).max() for a, b in same if len(a)))
-    c_norm = float(max(np.linalg.norm(a, axis=-1).max() for a in c_ref if len(a)))
-    checks += gate(family.name, "colbert", precision, {
-        "length_mismatch": len(c_ref) - len(same), "max_abs": c_max_abs, "largest_norm": c_norm,
-        "max_abs_rel_norm": scaled(c_max_abs, c_norm),
-        "cosine_mean": float(c_cos.mean()), "cosine_min": float(c_cos.min())},
-        {"max_abs_rel_norm": f"max |ref - bundle| / max(largest vector norm, {SCALE_FLOOR:g})"})
-
-    pairs, edge_pairs = rerank_pairs(texts)
-    pairs = pairs[:96] + edge_pairs
-    weights = [0.4, 0.2, 0.4]
-    with quiet_stderr():
-        s_ref = reference.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
-    s_got = model.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
-    # each score kind against its own spread: a sparse score of ~80 must not hide a dense score's error of ~1
-    rel = {k: rel_spread_error(s_ref[k], s_got[k]) for k in s_ref}
-    worst = max(rel, key=rel.get)
-    checks += gate(family.name, "scores", precision, {
-        "max_abs": max(float(np.abs(np.asarray(s_ref[k]) - np.asarray(s_got[k])).max()) for k in s_ref),
-        "max_abs_rel_spread": rel[worst], "score_spread": spread(s_ref[worst]),
-        "spearman": spearman(s_ref["colbert+sparse+dense"], s_got["colbert+sparse+dense"])},
-        {"max_abs_rel_spread": f"worst of the {len(rel)} kinds: {worst}",
-         "score_spread": f"max - min of the reference {worst} scores"})
-    golden = {"texts": list(edge), "reference": ref["dense_vecs"][:len(edge)], "n_texts": len(everything) + len(pairs)}
-    return checks, golden

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from bge_export import parity
+from bge_export import parity, parity_run
 from bge_export.compile import GOLDEN
 from bge_export.errors import BgeExportError
 from bge_export.families import family_from_manifest, get_family
@@ -18,8 +18,8 @@ from runtimes.bundle import open_bundle
 def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
     bundle = open_bundle(bundle_path)
     m = bundle.manifest
-    device = parity.parity_device(m.engine).name
-    skip = parity.unrunnable(m.precision, m.engine)
+    device = parity_run.parity_device(m.engine).name
+    skip = parity_run.unrunnable(m.precision, m.engine)
     if skip:
         raise BgeExportError(f"cannot check {bundle.path} here: {skip} (`bge-export parity` there)")
     reason = None
@@ -33,10 +33,10 @@ def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
         reason = "FlagEmbedding is not installed (pip install 'bge-export[reference]')"
     if reason is None:
         gated = (m.parity or {}).get("retrieval_gated", True)  # as decided at build time
-        checks, _ = family.run_parity(bundle.path, m.precision, parity.parity_texts(), log=log, gate_retrieval=gated)
+        checks, _ = family.run_parity(bundle.path, m.precision, parity_run.parity_texts(), log=log, gate_retrieval=gated)
         title = f"{m.family} / {m.target} vs FlagEmbedding {m.runtime['api']}"
         reference = f"FlagEmbedding {m.runtime['api']} fp32 CPU"
-        n = sum(len(v) for v in parity.parity_texts().values())
+        n = sum(len(v) for v in parity_run.parity_texts().values())
     else:
         log(f"note: {reason}; checking against the reference sample stored in the bundle instead")
         checks, n = golden_checks(bundle)
@@ -54,7 +54,7 @@ def golden_checks(bundle) -> tuple[list, int]:
         raise BgeExportError(f"{bundle.path} has no {GOLDEN} (built with --no-parity) and the full reference is not "
                              "available; install bge-export[reference] and keep the source checkpoint")
     sample = json.loads(path.read_text(encoding="utf-8"))
-    backend = parity.parity_device(bundle.manifest.engine).backend_options
+    backend = parity_run.parity_device(bundle.manifest.engine).backend_options
     model = runtimes.load(bundle.path, verify=False, backend_options=backend)  # open_bundle already hashed files
     values = get_family(bundle.manifest.family).golden_values(model, sample)
     return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["reference"])

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from bge_export.checkpoint import embedded_default_path
-from bge_export.parity import parity_texts
+from bge_export.parity_run import parity_texts
 
 BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

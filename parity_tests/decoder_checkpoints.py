@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bge_export.parity import parity_texts
+from bge_export.parity_run import parity_texts
 
 DECODER_INIT_RANGE = 0.2
 SPM_VOCAB_SIZE = 1200

@@ -11,7 +11,8 @@ import pytest
 
 import runtimes
 from bge_export import reference
-from bge_export.parity import parity_texts, quiet_stderr
+from bge_export.families import decoders
+from bge_export.parity_run import parity_texts, quiet_stderr
 from runtimes.errors import IncompatibleBundleError, InputError
 
 T = parity_texts()
@@ -74,7 +75,7 @@ def test_llm_reranker_graph_has_no_vocabulary_output(bundle):
 
 def test_layerwise_scores_per_cutoff_and_subsets(bundle):
     res = bundle("tiny-layerwise", "ort-cpu")
-    ref, model = reference.layerwise_reranker(_path(res)), runtimes.load(res.bundle)
+    ref, model = decoders.layerwise_reference(_path(res)), runtimes.load(res.bundle)
     with quiet_stderr():
         want_all = ref.compute_score(PAIRS, cutoff_layers=[2, 3, 4])
         want_one = ref.compute_score(PAIRS, cutoff_layers=[3])
@@ -101,7 +102,7 @@ def test_layerwise_refuses_what_the_bundle_was_not_built_for(bundle):
 
 def test_lightweight_matches_with_the_bundles_compression(bundle):
     res = bundle("tiny-lightweight", "ort-cpu")
-    ref, model = reference.lightweight_reranker(_path(res)), runtimes.load(res.bundle)
+    ref, model = decoders.lightweight_reference(_path(res)), runtimes.load(res.bundle)
     settings = {"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]}
     with quiet_stderr():
         want = ref.compute_score(PAIRS, **settings)
@@ -140,7 +141,7 @@ def test_reranker_prompt_too_long_for_the_position_limit(bundle):
                                      {"truncate_dim": 16}, {"normalize_embeddings": False}])
 def test_llm_embedder_matches_flagllmmodel(bundle, options):
     res = bundle("tiny-gemma2-embedder", "ort-cpu")
-    ref = reference.llm_embedder(_path(res), **options)
+    ref = decoders.llm_embedder_reference(_path(res), **options)
     model = runtimes.load(res.bundle, **options)
     with quiet_stderr():
         q, c = ref.encode_queries(TEXTS), ref.encode_corpus(TEXTS)
@@ -155,7 +156,7 @@ def test_icl_embedder_examples_and_round_trip(bundle):
     res = bundle("tiny-icl", "ort-cpu")
     examples = [{"instruct": "Retrieve answers.", "query": "what is a volcano", "response": "An opening in the crust."}]
     opts = {"query_instruction_for_retrieval": "Retrieve answers.", "examples_for_task": examples}
-    ref, model = reference.icl_embedder(_path(res), **opts), runtimes.load(res.bundle, **opts)
+    ref, model = decoders.icl_embedder_reference(_path(res), **opts), runtimes.load(res.bundle, **opts)
     with quiet_stderr():
         want = ref.encode_queries(TEXTS, max_length=24)  # short: the truncation + decode round trip matters
         want_c = ref.encode_corpus(TEXTS)

@@ -111,7 +111,7 @@ def test_lint_command(bundle, capsys):
 # --- on an NVIDIA GPU -------------------------------------------------------------------------------------------
 
 def _cuda_reason() -> str | None:
-    from bge_export.parity import cuda_usable
+    from bge_export.parity_run import cuda_usable
 
     if not cuda_usable():
         return "ONNX Runtime cannot run on CUDA here: needs onnxruntime-gpu and an NVIDIA GPU"
@@ -162,7 +162,7 @@ def test_bf16_bundle_parity_is_skipped_on_cpu_with_the_reason(bundle, capsys):
     """A Gemma model's ort-cuda-fp16 bundle is bf16: built and recorded, its parity skipped here with the reason,
     and `bge-export parity` refuses it on this machine instead of failing inside ONNX Runtime."""
     from bge_export.cli import main
-    from bge_export.parity import cuda_usable
+    from bge_export.parity_run import cuda_usable
 
     if cuda_usable():
         pytest.skip("CUDA is usable here: the bf16 bundle's parity runs (test_ort_cuda_fp16_parity_on_gpu)")

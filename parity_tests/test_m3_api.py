@@ -6,7 +6,7 @@ import pytest
 
 import runtimes
 from bge_export.cli import main
-from bge_export.parity import parity_texts, quiet_stderr
+from bge_export.parity_run import parity_texts, quiet_stderr
 
 T = parity_texts()
 TEXTS = T["queries"][:5] + ["", "🙂 emoji", T["edge_cases"][10]]

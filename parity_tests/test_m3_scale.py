@@ -9,7 +9,8 @@ import pytest
 
 import runtimes
 from bge_export.compile import compile_bundle
-from bge_export.parity import cosine_rows, quiet_stderr
+from bge_export.parity import cosine_rows
+from bge_export.parity_run import quiet_stderr
 from parity_tests import checkpoints as ck
 
 LONG = " ".join(f"token{i % 997} word{i % 13}" for i in range(9000))  # far beyond 8192 tokens

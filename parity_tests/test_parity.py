@@ -74,7 +74,7 @@ BF16_GATED = {"minilm-real", "tiny-gemma2-embedder"}
 
 @pytest.mark.parametrize("case", OV_CASES)
 def test_ov_bf16_parity_or_a_clear_skip(bundle, case):
-    from bge_export.parity import openvino_bf16
+    from bge_export.parity_run import openvino_bf16
 
     result = bundle(case, "ov-cpu-bf16")
     print(result.parity_text)
@@ -250,7 +250,7 @@ def test_gpu_graphs_really_are_half_and_int8(bundle):
 
 
 def test_gpu_bundle_parity_says_where_it_ran(bundle):
-    from bge_export.parity import cuda_usable
+    from bge_export.parity_run import cuda_usable
 
     device = bundle("minilm-real", "ort-cuda").manifest.parity["device"]
     if cuda_usable():
@@ -263,8 +263,8 @@ def test_reference_results_are_shared_between_runs_but_state_is_not(checkpoint_d
     """Parity of several targets runs FlagEmbedding once per checkpoint (cached_reference); a run that changed the
     reference's state (FlagICLModel.set_examples) does not leak it into the next run."""
     from bge_export.compile import prepare
-    from bge_export.decoder_parity import ICL_EXAMPLES
-    from bge_export.parity import cached_reference
+    from bge_export.families.decoders import ICL_EXAMPLES
+    from bge_export.parity_run import cached_reference
 
     family, _ = prepare(checkpoint_dir("tiny-icl"), "onnx", **CASE_VARIANTS.get("tiny-icl", {}))
     queries = ["what is the capital of France?", "how do volcanoes form"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from bge_export.parity import parity_texts, quiet_stderr
+from bge_export.parity_run import parity_texts, quiet_stderr
 
 T = parity_texts()
 PAIRS = [[q, T["corpus"][i * 9]] for i, q in enumerate(T["queries"][:6])] + [["", "empty query"], ["emoji 🙂", ""],

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from bge_export.parity import parity_texts, quiet_stderr
+from bge_export.parity_run import parity_texts, quiet_stderr
 
 TEXTS = ["short", "a somewhat longer sentence about volcanoes and lava", "", "我喜欢喝茶 🍵", "x " * 600]
 

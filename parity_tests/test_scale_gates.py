@@ -14,7 +14,7 @@ import pytest
 
 from bge_export.cli import main
 from bge_export.families import family_from_manifest
-from bge_export.parity import parity_texts
+from bge_export.parity_run import parity_texts
 from parity_tests import checkpoints as ck
 from runtimes.manifest import Manifest, describe_files
 

@@ -129,7 +129,7 @@ def test_bf16_bundle_on_a_cpu_without_bf16_is_refused(tiny_ckpt, tmp_path):
     """On a CPU without bf16 the build writes the bundle with parity skipped and says why; loading it is refused
     with what to build instead (OpenVINO would silently run fp32). With bf16, parity and the runtime run bf16."""
     from bge_export.compile import compile_bundle
-    from bge_export.parity import openvino_bf16
+    from bge_export.parity_run import openvino_bf16
     from runtimes.errors import IncompatibleBundleError
 
     result = compile_bundle(tiny_ckpt, "ov-cpu-bf16", tmp_path / "b", log=lambda m: None, quiet=True,

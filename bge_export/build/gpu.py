@@ -67,10 +67,10 @@ def set_opset(path: Path, version: int) -> None:
 
 
 def build_onnx_qdq(family, exported, out_dir: Path, log=print) -> BuildResult:
-    from bge_export import parity
+    from bge_export import parity_run
     from bge_export.build.qdq import quantize_qdq
 
-    texts = parity.parity_texts()
+    texts = parity_run.parity_texts()
     corpus = list(texts["corpus"]) + list(texts["queries"])
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         qdq_path = Path(tmp) / MODEL

@@ -133,7 +133,7 @@ def build_ov_cpu_int8(family, exported, out_dir: Path, log=print, int8_method: s
 
         raise UnsupportedTargetError(f"--ov-int8 {int8_method!r} is not a method; choose one of {', '.join(INT8_METHODS)}")
     nncf = require("nncf")
-    from bge_export import parity
+    from bge_export import parity_run
     from bge_export.build.qdq import CALIBRATION_BATCH, calibration_feeds
 
     start = time.perf_counter()
@@ -146,7 +146,7 @@ def build_ov_cpu_int8(family, exported, out_dir: Path, log=print, int8_method: s
     else:
         # embedding tables (Gather) stay float: NNCF would store them int8, and OpenVINO 2026.4 then fails to
         # compile XLM-R's constant token-type lookup (constant folding of the int8 -> f32 Convert)
-        texts = parity.parity_texts()
+        texts = parity_run.parity_texts()
         corpus = list(texts["corpus"]) + list(texts["queries"])
         batches = calibration_feeds(family, corpus, [s.name for s in family.inputs()])
         kept = feed_forward_down(model, family.model_info())

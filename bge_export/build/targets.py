@@ -1,10 +1,15 @@
-"""The target registry: what each --target builds, at which precision, for which engine kind."""
+"""The target registry: what each --target builds, at which precision, for which engine kind, which families it
+can build (``Target.supports``) and which builder options it takes (command-line flags generated from them).
+
+Adding a target is one ``register_target`` call here, its builder in ``bge_export/build/`` and, for a new engine
+kind, its backend in ``runtimes/backends/`` (CONTRIBUTING.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
 from bge_export.errors import InternalError, UnsupportedTargetError
+from bge_export.options import Option, parse_int_list
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,23 @@ class Target:
     # True where the engine takes the fp32 export and runs it at its precision itself (OpenVINO's bf16 hint), so
     # the decoder families are not exported in half precision for it
     from_fp32_export: bool = False
-    options: tuple[str, ...] = ()  # the builder's keyword options (command-line flags in OPTION_FLAGS)
+    options: tuple[Option, ...] = ()  # the builder's keyword options, each with its command-line flag
+    # True where the target compiles a graph exported in half precision by the family's own implementation
+    # (trt-bf16: only families with ``half_export`` can build it)
+    needs_half_export: bool = False
+    help: str = ""  # the line of `bge-export --help`'s target list (default: the description)
+
+    def supports(self, family) -> str | None:
+        """Why this target cannot build ``family`` (a family class, or a family object for what depends on its
+        checkpoint), or None when it can."""
+        if self.needs_half_export and not family.half_export:
+            return (f"target {self.name} compiles a graph exported in half precision by the family's own "
+                    f"implementation, which the {family.name} family does not have; it supports: "
+                    f"{', '.join(family.targets)}")
+        if self.precision == "fp16" and not isinstance(family, type) and family.half_dtype() == "bf16":
+            return (f"target {self.name} builds an fp16 graph, but this {family.name} checkpoint runs half precision "
+                    f"in bf16 only: {family.half_dtype_reason()}")
+        return None
 
     def build_fn(self) -> Callable:
         import importlib
@@ -29,11 +50,28 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {}
-# builder option -> the command-line flag that sets it (error messages name the flag)
-OPTION_FLAGS = {"sequence_buckets": "--trt-seq-buckets", "max_batch": "--trt-max-batch", "opt_batch": "--trt-opt-batch",
-                "timing_cache": "--timing-cache", "optimization_level": "--trt-opt-level",
-                "workspace_gb": "--trt-workspace-gb", "int8_method": "--ov-int8"}
-TRT_OPTIONS = ("sequence_buckets", "max_batch", "opt_batch", "timing_cache", "optimization_level", "workspace_gb")
+
+TRT_GROUP = "TensorRT targets (trt-*)"
+TRT_OPTIONS = (
+    Option("sequence_buckets", "--trt-seq-buckets", "one optimization profile per sequence bucket up to the model's "
+           "max length (default 128,512 and the max length)", metavar="L1,L2", group=TRT_GROUP,
+           convert=lambda text: parse_int_list(text, "--trt-seq-buckets", error=UnsupportedTargetError)),
+    Option("max_batch", "--trt-max-batch", "largest batch of each profile (default 64; buckets over 512 tokens get "
+           "64*512/length)", metavar="N", type=int, group=TRT_GROUP),
+    Option("opt_batch", "--trt-opt-batch", "the batch TensorRT tunes its kernels for (default: the profile's largest)",
+           metavar="N", type=int, group=TRT_GROUP),
+    Option("timing_cache", "--timing-cache", "TensorRT timing cache to reuse and update (default "
+           "~/.cache/bge-export/tensorrt-*.timing-cache)", metavar="FILE", group=TRT_GROUP),
+    Option("optimization_level", "--trt-opt-level", "builder optimization level (default 3)", metavar="0-5",
+           type=int, choices=tuple(range(0, 6)), group=TRT_GROUP),
+    Option("workspace_gb", "--trt-workspace-gb", "workspace memory limit for the builder (default: TensorRT's, the "
+           "GPU's memory)", metavar="GB", type=float, group=TRT_GROUP),
+)
+OV_INT8_OPTIONS = (
+    Option("int8_method", "--ov-int8", "ov-cpu-int8: weights (int8 weights, float compute; default) or static (int8 "
+           "weights and activations calibrated on text; less accurate, faster only where int8 is fast)",
+           choices=("weights", "static"), group="OpenVINO targets (ov-cpu*)"),
+)
 
 
 def register_target(t: Target) -> Target:
@@ -43,78 +81,98 @@ def register_target(t: Target) -> Target:
     return t
 
 
-CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-register_target(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
-                       "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx"))
-register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
-                       "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
-                       "bge_export.build.ort:build_ort_cpu"))
-register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
-                       "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
-                       "CPUs, unsigned without; FFN down-projections kept fp32)",
-                       "bge_export.build.ort:build_ort_cpu_int8"))
-OV_REQUIRES = ("openvino",)
-register_target(Target("ov-cpu", "fp32", "openvino", (),
-                       "OpenVINO IR for the CPU, fp32 inference precision (converted from the ONNX export)",
-                       "bge_export.build.ov:build_ov_cpu", requires=OV_REQUIRES, from_fp32_export=True))
-register_target(Target("ov-cpu-bf16", "bf16", "openvino", (),
-                       "OpenVINO IR compiled in bf16 on CPUs with AMX or AVX512-BF16 (norms and softmax sums stay "
-                       "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
-                       requires=OV_REQUIRES, from_fp32_export=True))
-register_target(Target("ov-cpu-int8", "int8", "openvino", (),
-                       "OpenVINO IR quantized with NNCF: int8 weights (or --ov-int8 static: int8 weights and "
-                       "activations calibrated on text, FFN down-projections kept float)",
-                       "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
-                       from_fp32_export=True, options=("int8_method",)))
+def register(t: Target) -> Target:
+    """register_target with the --help line of TARGET_HELP."""
+    from dataclasses import replace
 
-register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
-                       "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
-                       "bge_export.build.ort:build_ort_cpu"))
-register_target(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
-                       "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
-                       "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half"))
-register_target(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
-                       "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
-                       "ONNX Runtime", "bge_export.build.gpu:build_onnx_half"))
-register_target(Target("onnx-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
-                       "the static symmetric QDQ int8 ONNX that trt-int8 compiles (attention projections in int8, "
-                       "the rest fp16; fp32 for decoders); runs on any ONNX Runtime", "bge_export.build.gpu:build_onnx_qdq"))
+    return register_target(replace(t, help=TARGET_HELP.get(t.name, t.description)))
+
+
+# the target list of `bge-export --help`, one short paragraph each
+TARGET_HELP = {'onnx': 'the exported fp32 ONNX graph, unoptimised (portable)', 'ort-cpu': 'fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU', 'ort-cpu-int8': 'dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned\nwithout), FFN down-projections kept fp32', 'ov-cpu': 'OpenVINO IR, fp32 inference precision (needs the openvino extra)', 'ov-cpu-bf16': 'OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);\nnorms and softmax sums stay fp32; refused on CPUs without bf16', 'ov-cpu-int8': 'OpenVINO IR quantized with NNCF: int8 weights (default; the accurate one), or --ov-int8\nstatic for int8 weights and activations calibrated on text', 'ort-cuda': 'fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs', 'ort-cuda-fp16': 'the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)', 'onnx-fp16': 'the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime', 'onnx-int8': 'the symmetric QDQ int8 ONNX that trt-int8 compiles; parity-checked on ONNX Runtime', 'trt-fp16': 'TensorRT engine (strongly typed) from onnx-fp16; needs TensorRT and an NVIDIA GPU', 'trt-bf16': 'TensorRT engine from a bf16 export (decoder families; the Gemma models)', 'trt-int8': 'TensorRT engine from onnx-int8 (explicit quantization)'}
+
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+register(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
+                "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx"))
+register(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
+                "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
+                "bge_export.build.ort:build_ort_cpu"))
+register(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
+                "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
+                "CPUs, unsigned without; FFN down-projections kept fp32)",
+                "bge_export.build.ort:build_ort_cpu_int8"))
+OV_REQUIRES = ("openvino",)
+register(Target("ov-cpu", "fp32", "openvino", (),
+                "OpenVINO IR for the CPU, fp32 inference precision (converted from the ONNX export)",
+                "bge_export.build.ov:build_ov_cpu", requires=OV_REQUIRES, from_fp32_export=True))
+register(Target("ov-cpu-bf16", "bf16", "openvino", (),
+                "OpenVINO IR compiled in bf16 on CPUs with AMX or AVX512-BF16 (norms and softmax sums stay "
+                "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
+                requires=OV_REQUIRES, from_fp32_export=True))
+register(Target("ov-cpu-int8", "int8", "openvino", (),
+                "OpenVINO IR quantized with NNCF: int8 weights (or --ov-int8 static: int8 weights and "
+                "activations calibrated on text, FFN down-projections kept float)",
+                "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
+                from_fp32_export=True, options=OV_INT8_OPTIONS))
+
+register(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
+                "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
+                "bge_export.build.ort:build_ort_cpu"))
+register(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
+                "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
+                "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half"))
+register(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
+                "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
+                "ONNX Runtime", "bge_export.build.gpu:build_onnx_half"))
+register(Target("onnx-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
+                "the static symmetric QDQ int8 ONNX that trt-int8 compiles (attention projections in int8, "
+                "the rest fp16; fp32 for decoders); runs on any ONNX Runtime", "bge_export.build.gpu:build_onnx_qdq"))
 for _name, _precision, _what, _fn in (("trt-fp16", "fp16", "the fp16 ONNX of onnx-fp16", "build_trt_half"),
                                       ("trt-bf16", "bf16", "a bf16 export (decoder families)", "build_trt_half"),
                                       ("trt-int8", "int8", "the QDQ ONNX of onnx-int8", "build_trt_int8")):
-    register_target(Target(_name, _precision, "tensorrt", (),
-                           f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
-                           f"bge_export.build.trt:{_fn}", requires=("tensorrt",), options=TRT_OPTIONS))
+    register(Target(_name, _precision, "tensorrt", (),
+                    f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
+                    f"bge_export.build.trt:{_fn}", requires=("tensorrt",), options=TRT_OPTIONS,
+                    needs_half_export=_precision == "bf16"))
 
 CPU_TARGETS = ("onnx", "ort-cpu", "ort-cpu-int8")
 OV_TARGETS = ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8")
 GPU_TARGETS = ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
 
 
+def family_targets(family) -> list[str]:
+    """The targets that can build ``family`` (a family class or object), in registry order."""
+    return [name for name, t in TARGETS.items() if t.supports(family) is None]
+
+
 def get_target(name: str, family=None) -> Target:
+    """The target ``name``; with ``family``, refused with the target's reason when it cannot build that family."""
     if name not in TARGETS:
         raise UnsupportedTargetError(
             f"unknown target '{name}'; available targets: {', '.join(TARGETS)}"
         )
     t = TARGETS[name]
-    if family is not None and name not in family.targets:
-        raise UnsupportedTargetError(
-            f"target {name} cannot serve the {family.name} family; it supports: {', '.join(family.targets)}"
-        )
-    if family is not None and t.precision == "fp16" and family.half_dtype() == "bf16":
-        raise UnsupportedTargetError(
-            f"target {name} builds an fp16 graph, but this {family.name} checkpoint is Gemma-based: Gemma scales its "
-            "embeddings by sqrt(hidden) and overflows fp16; use --target trt-bf16 or ort-cuda-fp16 (bf16 for it), or "
-            "--target onnx --export-dtype bf16 for the bf16 graph that trt-bf16 compiles")
+    why = None if family is None else t.supports(family)
+    if why:
+        raise UnsupportedTargetError(why)
     return t
+
+
+def build_options() -> list[Option]:
+    """Every target's builder options, once each (the CLI's flags)."""
+    from bge_export.options import unique_options
+
+    return unique_options(t.options for t in TARGETS.values())
 
 
 def check_build_options(t: Target, options: dict) -> None:
     """Refuse builder options the target does not take, naming the flags and the targets that do."""
-    wrong = [k for k in options if k not in t.options]
+    taken = {o.dest for o in t.options}
+    wrong = [k for k in options if k not in taken]
     if wrong:
-        flags = ", ".join(OPTION_FLAGS.get(k, k) for k in wrong)
-        takers = sorted({n for n, x in TARGETS.items() if any(k in x.options for k in wrong)})
+        flag_of = {o.dest: o.flag for o in build_options()}
+        flags = ", ".join(flag_of.get(k, k) for k in wrong)
+        takers = sorted({n for n, x in TARGETS.items() if any(o.dest in wrong for o in x.options)})
         raise UnsupportedTargetError(f"{flags} {'applies' if len(wrong) == 1 else 'apply'} to --target "
                                      f"{' / '.join(takers)} only, not to --target {t.name}; drop "
                                      f"{'it' if len(wrong) == 1 else 'them'} or pick one of those targets")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bge_export.errors import InternalError, UnsupportedFamilyError
+from bge_export.options import Option
 
 if TYPE_CHECKING:  # pragma: no cover
     from bge_export.checkpoint import Checkpoint
@@ -39,14 +40,17 @@ class Family:
     reference_api: ClassVar[str]  # the FlagEmbedding class the runtime mirrors and parity compares with
     description: ClassVar[str]
     checkpoints: ClassVar[tuple[str, ...]]  # known hub ids of this family
-    targets: ClassVar[tuple[str, ...]]  # targets this family can be built for
     parity_outputs: ClassVar[tuple[str, ...]]  # the outputs its parity checks (rows of the tolerance table)
+    # export-time variant options (the constructor's keywords); the CLI generates its flags from them
+    options: ClassVar[tuple[Option, ...]] = ()
+    # the targets that can build this family, in registry order: set at registration from Target.supports
+    targets: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kw):
         super().__init_subclass__(**kw)
         if abstract:  # a shared base of several families (e.g. the decoders), never registered itself
             return
-        for attr in ("name", "reference_api", "description", "checkpoints", "targets", "parity_outputs"):
+        for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs"):
             if not hasattr(cls, attr):
                 raise TypeError(f"family class {cls.__name__} must define '{attr}'")
 
@@ -92,6 +96,15 @@ class Family:
         """The 16-bit type of this family's GPU engines (the decoders override it: bf16 for Gemma)."""
         return "fp16"
 
+    def half_dtype_reason(self) -> str:
+        """Why half_dtype is bf16 and what to build instead of an fp16 target (families that override it)."""
+        return "this checkpoint overflows fp16"
+
+    def axis_sizes(self, info: dict) -> dict[str, int]:
+        """The sizes of the named axes of the family's outputs (TensorSpec axes other than batch / sequence), from
+        its model info: what the manifest's io section records."""
+        return {"hidden": info["hidden_size"]}
+
     def reference_options(self) -> dict:
         """The reference constructor's options that this family's variant fixes (pooling, cutoff layers, ...)."""
         return {}
@@ -113,10 +126,20 @@ class Family:
 
 
 def register_family(cls: type[Family]) -> type[Family]:
+    from bge_export.build.targets import family_targets
+
     if cls.name in FAMILIES:
         raise InternalError(f"family '{cls.name}' is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
+    cls.targets = tuple(family_targets(cls))
     FAMILIES[cls.name] = cls
     return cls
+
+
+def variant_options() -> list[Option]:
+    """Every family's export-time options, once each (the CLI's flags)."""
+    from bge_export.options import unique_options
+
+    return unique_options(f.options for f in FAMILIES.values())
 
 
 def get_family(name: str) -> type[Family]:

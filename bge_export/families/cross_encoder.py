@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.families.encoder import EncoderFamily, check_backbone_checkpoint
 
@@ -21,7 +20,6 @@ class CrossEncoderFamily(Family):
     reference_api = "FlagReranker"
     description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
     checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
-    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "score", "golden")
 
     @classmethod
@@ -64,8 +62,6 @@ class CrossEncoderFamily(Family):
             self.ckpt.path, cls_only_last_layer=self.variant["cls_only_last_layer"] and not reference)
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        from bge_export.parity import cross_encoder_parity
-
         return cross_encoder_parity(self, bundle_path, precision, texts, log=log)
 
     @staticmethod
@@ -78,3 +74,52 @@ class CrossEncoderFamily(Family):
         ref = np.asarray(sample["reference"], dtype=np.float64)
         return {"max_abs": float(np.abs(got - ref).max()), "max_abs_rel_spread": rel_spread_error(ref, got),
                 "spearman": spearman(ref, got)}
+
+
+# --- parity recipe: FlagReranker against the bundle ----------------------------------------------------
+
+def cross_encoder_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
+    """FlagReranker vs runtimes.load(bundle).compute_score; returns (checks, golden sample)."""
+    import numpy as np
+
+    from bge_export.parity import SCALE_FLOOR, gate, rel_spread_error, spearman, spread
+    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, rerank_pairs
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    reference = cached_reference(family)
+    model = load_for_parity(bundle_path, batch_size=16)
+    pairs, edge_pairs = rerank_pairs(texts)
+    everything = pairs + edge_pairs
+    n = model.max_length
+
+    # 1. pair token ids: the runtime against FlagReranker's own construction (at max_length and a short one)
+    tok = reference.tokenizer
+    mismatched = 0
+    for ml in (n, 32):
+        qml = ml * 3 // 4
+        q_ids = tok([q for q, _ in everything], add_special_tokens=False, max_length=qml, truncation=True)["input_ids"]
+        p_ids = tok([p for _, p in everything], add_special_tokens=False, max_length=ml, truncation=True)["input_ids"]
+        want = [prepare_for_model_compat(tok, q, p, truncation="only_second", max_length=ml, padding=False)["input_ids"]
+                for q, p in zip(q_ids, p_ids)]
+        got = [e.ids for e in model.tokenizer.encode_pairs([q for q, _ in everything], [p for _, p in everything], qml, ml)]
+        mismatched += sum(w != g for w, g in zip(want, got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
+
+    # 2. scores, at max_length and at a short max_length that truncates most pairs
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
+    with quiet_stderr():
+        ref = np.asarray(reference.compute_score(everything, batch_size=32, max_length=n))
+        ref_short = np.asarray(reference.compute_score(edge_pairs, max_length=32))
+        ref_single = np.asarray(reference.compute_score(edge_pairs, batch_size=1, max_length=n))
+    got = np.asarray(model.compute_score(everything))
+    got_short = np.asarray(model.compute_score(edge_pairs, max_length=32))
+    r, g = np.concatenate([ref, ref_short]), np.concatenate([got, got_short])
+    values = {"max_abs": float(np.abs(r - g).max()), "spearman": spearman(r, g),
+              "score_spread": spread(r), "max_abs_rel_spread": rel_spread_error(r, g),
+              "reference_self_max_abs": float(np.abs(ref_single - ref[len(pairs):]).max())}
+    notes = {"score_spread": "max - min of the reference scores",
+             "max_abs_rel_spread": f"max |ref - bundle| / max(spread, {SCALE_FLOOR:g})",
+             "reference_self_max_abs": "FlagReranker batch 1 vs batch 32"}
+    checks += gate(family.name, "score", precision, values, notes)
+    golden = {"pairs": edge_pairs, "reference": ref[len(pairs):], "n_texts": len(everything)}
+    return checks, golden

@@ -7,17 +7,40 @@ the Gemma2 attention choice and the export dtype are export-time variants record
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
+from bge_export.options import Option
 
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 LLM_RERANK_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                      "by providing a prediction of either 'Yes' or 'No'.")
 LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
+#: what the shimmed lightweight reranker runs: FlagEmbedding's CostWise model uses SDPA (no attention soft-cap)
+#: under both transformers 4.46 and 4.57
+LIGHTWEIGHT_ATTN_IMPLEMENTATION = "sdpa"
+
+
+GROUP = "decoder families (export-time variants, recorded in the manifest)"
+EXPORT_DTYPE = Option("export_dtype", "--export-dtype", "weight dtype of the decoder graph (default fp32; norms, RoPE "
+                      "and softmax stay fp32; bf16 graphs do not run on ONNX Runtime CPU)", choices=EXPORT_DTYPES,
+                      group=GROUP)
+CUTOFF_LAYERS = Option("cutoff_layers", "--cutoff-layers", "layer-wise / lightweight rerankers: the layers to score at, "
+                       "e.g. 28,40 (default: the last layer); the graph stops at the deepest one and outputs one score "
+                       "per layer", metavar="L1,L2", group=GROUP)
+COMPRESS_RATIO = Option("compress_ratio", "--compress-ratio", "lightweight reranker: average the passage tokens N at a "
+                        "time (default 1: no compression)", metavar="N", type=int, group=GROUP)
+COMPRESS_LAYERS = Option("compress_layers", "--compress-layers", "lightweight reranker: compress before these layers "
+                         "(default: 8, as FlagEmbedding)", metavar="L1,L2", group=GROUP)
+ATTENTION = Option("attention", "--attention", "Gemma2 embedders: eager keeps the attention soft-cap the model was "
+                   "trained with (default), sdpa drops it as transformers' SDPA does; the reference is pinned to the "
+                   "same", choices=("eager", "sdpa"), group=GROUP)
+EMBEDDER_APIS = ("FlagLLMModel", "FlagICLModel")
+EMBEDDER_API = Option("api", "--embedder-api", "decoder embedders: the FlagEmbedding API to serve (default: "
+                      "FlagICLModel for bge-en-icl)", choices=EMBEDDER_APIS, group=GROUP)
 
 
 def parse_layers(value, what: str) -> list[int] | None:
@@ -31,12 +54,12 @@ def parse_layers(value, what: str) -> list[int] | None:
 class DecoderFamily(Family, abstract=True):
     """What the decoder families share: config checks, model info, FLOPs, the export dtype variant."""
 
-    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS + ("trt-bf16",)
     export_module_is_reference = True  # our own implementation: the export check reuses the exported module
     ort_fusions = "decoder"  # norms only; attention stays unfused (build/ort.py)
     half_export = True  # fp16 / bf16 graphs come from --export-dtype (build/half.py)
     model_types: tuple[str, ...] = ()
     variant_keys: tuple[str, ...] = ("export_dtype",)
+    options = (EXPORT_DTYPE,)
 
     def __init__(self, ckpt, **variant_options):
         if not any(ckpt.has(f) for f in TOKENIZER_FILES):
@@ -65,6 +88,11 @@ class DecoderFamily(Family, abstract=True):
     def half_dtype(self) -> str:
         """bf16 for the Gemma-based models: Gemma scales embeddings by sqrt(hidden) and overflows fp16."""
         return "bf16" if "gemma" in self.ckpt.config["model_type"] else "fp16"
+
+    def half_dtype_reason(self) -> str:
+        return ("it is Gemma-based: Gemma scales its embeddings by sqrt(hidden) and overflows fp16; use --target "
+                "trt-bf16 or ort-cuda-fp16 (bf16 for it), or --target onnx --export-dtype bf16 for the bf16 graph that "
+                "trt-bf16 compiles")
 
     def attn_softcap(self) -> bool:
         """Whether the graph applies Gemma2's attention soft-cap: what the FlagEmbedding reference runs."""
@@ -131,15 +159,11 @@ class DecoderRerankerFamily(DecoderFamily, abstract=True):
                 "add_bos": self.always_bos or (bos is not None and bos != tok.pad_token_id)}
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        from bge_export import decoder_parity
-
-        return decoder_parity.reranker_parity(self, bundle_path, precision, texts, log=log)
+        return reranker_parity(self, bundle_path, precision, texts, log=log)
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export import decoder_parity
-
-        return decoder_parity.score_sample_values(model, sample)
+        return score_sample_values(model, sample)
 
 
 @register_family
@@ -182,6 +206,7 @@ class CutoffRerankerFamily(DecoderRerankerFamily, abstract=True):
     an export-time variant, the graph stops at the deepest one and outputs one score per cutoff."""
 
     always_bos = True
+    options = DecoderFamily.options + (CUTOFF_LAYERS,)
     required_config: tuple[str, ...] = ("start_layer",)
     original: str = ""  # the BGE checkpoint whose config.json holds the fields
 
@@ -262,6 +287,9 @@ class LayerwiseRerankerFamily(CutoffRerankerFamily):
     def make_variant(self, *, cutoff_layers=None, **options: Any) -> dict:
         return {**self.common_variant(options), "cutoff_layers": self.cutoff_variant(cutoff_layers)}
 
+    def reference(self, **kwargs):
+        return layerwise_reference(self.ckpt.path, **{**self.reference_options(), **kwargs})
+
     def head_indices(self) -> list[int]:
         start = int(self.ckpt.config["start_layer"])  # MiniCPM: the head of layer c is lm_head[c - start_layer]
         return [c - start for c in self.variant["cutoff_layers"]]
@@ -281,6 +309,7 @@ class CompressedRerankerFamily(CutoffRerankerFamily):
     description = ("token-compressed Gemma2 reranker with cutoff layers: bge-reranker-v2.5-gemma2-lightweight")
     checkpoints = ("BAAI/bge-reranker-v2.5-gemma2-lightweight",)
     variant_keys = ("export_dtype", "cutoff_layers", "compress_ratio", "compress_layers")
+    options = CutoffRerankerFamily.options + (COMPRESS_RATIO, COMPRESS_LAYERS)
     required_config = ("start_layer", "layer_sep", "layer_wise")
     original = "bge-reranker-v2.5-gemma2-lightweight"
     prompt = LIGHTWEIGHT_PROMPT
@@ -323,6 +352,9 @@ class CompressedRerankerFamily(CutoffRerankerFamily):
         v = self.variant
         return {**super().runtime_defaults(), "compress_ratio": v["compress_ratio"], "compress_layers": v["compress_layers"]}
 
+    def reference(self, **kwargs):
+        return lightweight_reference(self.ckpt.path, **{**self.reference_options(), **kwargs})
+
     def head_indices(self) -> list[int]:
         # FlagEmbedding scores the i-th recorded state with head i (not the head of that layer)
         return list(range(len(self.variant["cutoff_layers"])))
@@ -360,7 +392,8 @@ class LLMEmbedderFamily(DecoderFamily):
     parity_outputs = ("tokens", "dense", "golden")
     model_types = ("gemma2", "mistral", "llama", "gemma")
     variant_keys = ("export_dtype", "api", "attention")
-    APIS = ("FlagLLMModel", "FlagICLModel")
+    options = DecoderFamily.options + (ATTENTION, EMBEDDER_API)
+    APIS = EMBEDDER_APIS
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -406,13 +439,261 @@ class LLMEmbedderFamily(DecoderFamily):
     def reference_options(self) -> dict:
         return {"attn_implementation": self.variant["attention"]}
 
-    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        from bge_export import decoder_parity
+    def reference(self, **kwargs):
+        """FlagLLMModel / FlagICLModel with the attention implementation of the variant pinned."""
+        make = icl_embedder_reference if self.variant["api"] == "FlagICLModel" else llm_embedder_reference
+        return make(self.ckpt.path, **{**self.reference_options(), **kwargs})
 
-        return decoder_parity.embedder_parity(self, bundle_path, precision, texts, log=log)
+    def parity_examples(self) -> list[dict] | None:
+        """The in-context examples parity sets on both sides (FlagICLModel only)."""
+        return ICL_EXAMPLES if self.variant["api"] == "FlagICLModel" else None
+
+    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
+        return embedder_parity(self, bundle_path, precision, texts, log=log)
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import encoder_golden_values
+        from bge_export.parity import dense_sample_values
 
-        return encoder_golden_values(model, sample)
+        return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
+
+
+# --- FlagEmbedding references: the compatibility fixes these classes need on transformers 4.57 ----------------
+# (reference-semantics §0.5, §0.6), applied to the returned INSTANCE only:
+# * layer-wise MiniCPM reranker: ``model.config.use_cache = False`` (4.57's DynamicCache has no
+#   ``get_usable_length``);
+# * lightweight Gemma2 reranker: every Gemma2 decoder layer of the loaded model gets an instance-level ``forward``
+#   that computes ``(cos, sin)`` from the ``position_ids`` it receives with transformers' ``Gemma2RotaryEmbedding``
+#   (what 4.46's attention did internally) and passes them as ``position_embeddings``, without a cache. The module
+#   tree and the state dict are unchanged. With this shim 4.57 is bit-identical to an unmodified 4.46 run;
+# * LLM / ICL embedders: the attention implementation is pinned (``eager`` keeps Gemma2's attention soft-cap,
+#   ``sdpa`` drops it silently), so the reference does not depend on the transformers version's default.
+
+def layerwise_reference(path, **kwargs: Any):
+    """``LayerWiseFlagLLMReranker`` (bge-reranker-v2-minicpm-layerwise) in fp32 on CPU, with ``use_cache=False``.
+
+    ``use_bf16=False`` loads fp32 weights. The constructor then warns and sets ``use_fp16=True`` (§0.2); the instance
+    flag is reset to the requested value so the reference stays fp32 even on a GPU device."""
+    from bge_export import reference
+
+    options = {"use_bf16": False, **reference.cpu_fp32(kwargs)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*cannot both be `False`.*")
+        reranker = reference.flag_class("LayerWiseFlagLLMReranker")(str(path), **options)
+    reranker.use_fp16 = bool(options["use_fp16"])
+    reranker.model.config.use_cache = False
+    return reranker
+
+
+def lightweight_reference(path, **kwargs: Any):
+    """``LightWeightFlagLLMReranker`` (bge-reranker-v2.5-gemma2-lightweight) in fp32 on CPU, with the
+    ``position_embeddings`` shim on each Gemma2 decoder layer and ``use_cache=False``. Attention stays SDPA."""
+    from bge_export import reference
+
+    options = {"use_bf16": False, **reference.cpu_fp32(kwargs)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*cannot both be `False`.*")
+        reranker = reference.flag_class("LightWeightFlagLLMReranker")(str(path), **options)
+    model = reranker.model
+    model.config.use_cache = False
+    if model.config._attn_implementation != LIGHTWEIGHT_ATTN_IMPLEMENTATION:
+        reference.pin_attention(model, LIGHTWEIGHT_ATTN_IMPLEMENTATION)
+    install_gemma2_position_embeddings_shim(model)
+    return reranker
+
+
+def install_gemma2_position_embeddings_shim(model) -> int:
+    """Make the 4.4x-style calls ``layer(h, attention_mask=, position_ids=, past_key_value=, ...)`` that
+    FlagEmbedding's CostWise model makes work on transformers >= 4.48, whose ``Gemma2DecoderLayer`` needs
+    ``position_embeddings``. Instance-level and idempotent; returns the number of layers shimmed (0 on 4.4x)."""
+    import inspect
+
+    from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RotaryEmbedding
+
+    if "position_embeddings" not in inspect.signature(Gemma2DecoderLayer.forward).parameters:
+        return 0  # transformers <= 4.47 computes the rotary embedding inside the attention
+    rotary = Gemma2RotaryEmbedding(config=model.config)  # not registered as a submodule: state dict unchanged
+    shimmed = 0
+    for layer in model.modules():
+        if isinstance(layer, Gemma2DecoderLayer) and not getattr(layer, "_bge_position_embeddings_shim", False):
+            layer.forward = _shimmed_forward(layer.forward, rotary)
+            layer._bge_position_embeddings_shim = True
+            shimmed += 1
+    return shimmed
+
+
+def _shimmed_forward(original_forward, rotary):
+    import torch
+
+    def forward(hidden_states, attention_mask=None, position_ids=None, past_key_value=None,
+                output_attentions=False, use_cache=False, cache_position=None, position_embeddings=None,
+                past_key_values=None, **kwargs):
+        if position_embeddings is None:
+            if position_ids is None:
+                position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
+            position_embeddings = rotary(hidden_states, position_ids)  # fp32 math, cast to the hidden dtype
+        return original_forward(hidden_states, position_embeddings=position_embeddings,
+                                attention_mask=attention_mask, position_ids=position_ids, past_key_values=None,
+                                output_attentions=output_attentions, use_cache=False,
+                                cache_position=cache_position, **kwargs)
+
+    return forward
+
+
+def llm_embedder_reference(path, *, attn_implementation: str | None = "eager", **kwargs: Any):
+    """``FlagLLMModel`` (bge-multilingual-gemma2 and other last-token decoder embedders) in fp32 on CPU, with the
+    attention implementation pinned: ``"eager"`` applies Gemma2's ``tanh(s/50)*50`` attention soft-cap (what
+    transformers 4.46 ran), ``"sdpa"`` silently drops it (4.57's default). ``None`` keeps the loaded default.
+    Note the constructor's default query template is ``"Instruct: {}\\nQuery: {}"`` (§0.1)."""
+    from bge_export import reference
+
+    embedder = reference.flag_class("FlagLLMModel")(str(path), **reference.cpu_fp32(kwargs))
+    if attn_implementation is not None:
+        reference.pin_attention(embedder.model, attn_implementation)
+    return embedder
+
+
+def icl_embedder_reference(path, *, attn_implementation: str | None = "eager", **kwargs: Any):
+    """``FlagICLModel`` (bge-en-icl) in fp32 on CPU, with the attention implementation pinned as in
+    :func:`llm_embedder_reference` (Mistral has no soft-cap, so eager and sdpa agree to float rounding)."""
+    from bge_export import reference
+
+    embedder = reference.flag_class("FlagICLModel")(str(path), **reference.cpu_fp32(kwargs))
+    if attn_implementation is not None:
+        reference.pin_attention(embedder.model, attn_implementation)
+    return embedder
+
+
+# --- parity recipes: rerankers (pair ids, scores per cutoff, both padding sides), embedders (cosines) ---------
+
+QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
+ICL_EXAMPLES = [
+    {"instruct": QUERY_INSTRUCTION, "query": "what is a virtual interface",
+     "response": "A virtual interface is a software-defined abstraction that mimics a network interface."},
+    {"instruct": QUERY_INSTRUCTION, "query": "causes of back pain in female for a week",
+     "response": "Back pain in females lasting a week can stem from muscle strain or poor posture."},
+]
+
+
+def score_sample_values(model, sample: dict) -> dict:
+    """Reranker scores (one row per cutoff layer) against the bundle's stored reference sample."""
+    import numpy as np
+
+    from bge_export.parity import rel_spread_error, spearman
+
+    got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
+    ref = np.asarray(sample["reference"], dtype=np.float64)
+    return {"max_abs_rel_spread": rel_spread_error(ref, got), "spearman": spearman(ref.ravel(), got.ravel())}
+
+
+# --- rerankers ----------------------------------------------------------------------------------------------
+
+def reference_pair_ids(family, reference, pairs, query_max_length: int, max_length: int) -> list[list[int]]:
+    """FlagEmbedding's pair token ids, built with its own tokenizer and truncation helper."""
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    tok = reference.tokenizer
+    prompt_ids = tok(family.prompt, add_special_tokens=False)["input_ids"]
+    sep = tok("\n", add_special_tokens=False)["input_ids"]
+    add_bos = family.always_bos or (tok.bos_token_id is not None and tok.bos_token_id != tok.pad_token_id)
+    out = []
+    for q, p in pairs:
+        q_ids = tok("A: " + q, add_special_tokens=False, max_length=query_max_length, truncation=True)["input_ids"]
+        p_ids = tok("B: " + p, add_special_tokens=False, max_length=max_length, truncation=True)["input_ids"]
+        item = prepare_for_model_compat(tok, ([tok.bos_token_id] if add_bos else []) + q_ids, sep + p_ids,
+                                        truncation="only_second", max_length=max_length + len(sep) + len(prompt_ids),
+                                        padding=False, return_attention_mask=False, return_token_type_ids=False,
+                                        add_special_tokens=False)
+        out.append(item["input_ids"] + sep + prompt_ids)
+    return out
+
+
+def reranker_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
+    import numpy as np
+
+    from bge_export.parity import SCALE_FLOOR, gate, rel_spread_error, scaled_error, spearman, spread
+    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, rerank_pairs
+
+    reference = cached_reference(family)  # built with the bundle's cutoff layers and compression
+    model = load_for_parity(bundle_path, batch_size=16)
+    pairs, edge_pairs = rerank_pairs(texts)
+    pairs = pairs[:160]
+    everything = pairs + edge_pairs
+    n = model.max_length
+
+    mismatched = 0
+    for ml in (n, 32):
+        want = reference_pair_ids(family, reference, everything, ml * 3 // 4, ml)
+        got = model.build_pairs(["A: " + q for q, _ in everything], ["B: " + p for _, p in everything],
+                                ml * 3 // 4, ml, None)
+        mismatched += sum(w != g.ids for w, g in zip(want, got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_pairs": mismatched})
+
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} pairs")
+
+    def rows(scores, n_pairs):  # one row per cutoff layer: (n_cutoff, N)
+        return np.asarray(scores, dtype=np.float64).reshape(-1, n_pairs)
+
+    with quiet_stderr():
+        ref = rows(reference.compute_score(everything, batch_size=32, max_length=n), len(everything))
+        ref_short = rows(reference.compute_score(edge_pairs, max_length=32), len(edge_pairs))
+        ref_single = rows(reference.compute_score(edge_pairs[:8], batch_size=1, max_length=n), 8)
+    got = rows(model.compute_score(everything), len(everything))
+    got_short = rows(model.compute_score(edge_pairs, max_length=32), len(edge_pairs))
+    r, g = np.concatenate([ref, ref_short], axis=1), np.concatenate([got, got_short], axis=1)
+    ref_edge = ref[:, len(pairs):]
+    values = {"max_abs_rel_spread": rel_spread_error(r, g), "max_abs": float(np.abs(r - g).max()),
+              "score_spread": spread(r), "spearman": min(spearman(a, b) for a, b in zip(r, g)),
+              "reference_self_max_abs": float(np.abs(ref_single - ref_edge[:, :8]).max())}
+    notes = {"score_spread": "max - min of the reference scores",
+             "max_abs_rel_spread": f"max |ref - bundle| / max(spread, {SCALE_FLOOR:g})",
+             "reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"}
+    if not family.right_padding_only:
+        side = model.tokenizer.padding_side
+        model.tokenizer.padding_side = "left" if side == "right" else "right"
+        flipped = rows(model.compute_score(everything), len(everything))
+        model.tokenizer.padding_side = side
+        values["padding_side_max_abs_rel_spread"] = scaled_error(got, flipped, spread(r))
+        notes["padding_side_max_abs_rel_spread"] = "the bundle with left vs right padding"
+    checks += gate(family.name, "score", precision, values, notes)
+    golden = {"pairs": edge_pairs, "reference": ref_edge[0] if len(ref_edge) == 1 else ref_edge,
+              "n_texts": len(everything)}
+    return checks, golden
+
+
+# --- embedders ----------------------------------------------------------------------------------------------
+
+def embedder_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
+    import numpy as np
+
+    from bge_export.parity import cosine_rows, gate
+    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, text_token_mismatches
+
+    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    model = load_for_parity(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
+
+    checks = gate(family.name, "tokens", "*",
+                  {"mismatched_texts": text_token_mismatches(family, model, edge + queries + corpus, 512)})
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on "
+        f"{len(edge) + 2 * len(queries) + len(corpus)} texts")
+    with quiet_stderr():
+        ref = [reference.encode(edge + corpus, batch_size=32), reference.encode_queries(queries + edge, batch_size=32),
+               reference.encode(edge, max_length=16)]
+        ref_single = reference.encode(edge[:8], batch_size=1)
+    got = [model.encode(edge + corpus), model.encode_queries(queries + edge), model.encode(edge, max_length=16)]
+    examples = family.parity_examples()
+    if examples is not None:  # the in-context examples prefix, set on both sides
+        with quiet_stderr():
+            reference.set_examples(examples)
+            ref.append(reference.encode_queries(queries + edge, batch_size=32))
+        model.set_examples(examples)
+        got.append(model.encode_queries(queries + edge))
+    r, g = np.concatenate(ref), np.concatenate(got)
+    cos = cosine_rows(r, g)
+    values = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(r - g).max()),
+              "reference_self_max_abs": float(np.abs(ref_single - ref[0][:8]).max())}
+    checks += gate(family.name, "dense", precision, values,
+                   {"reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"})
+    golden = {"texts": list(edge), "reference": ref[0][:len(edge)], "n_texts": sum(len(x) for x in ref)}
+    return checks, golden

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
+from bge_export.options import Option
 
 ARCHITECTURES = {
     "bert": ("BertModel", "BertForMaskedLM", "BertForPreTraining"),
@@ -43,8 +43,8 @@ class EncoderFamily(Family):
         "BAAI/bge-small-en", "BAAI/bge-base-en", "BAAI/bge-large-en",
         "BAAI/bge-small-zh", "BAAI/bge-base-zh", "BAAI/bge-large-zh", "BAAI/llm-embedder",
     )
-    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "dense", "golden")
+    options = (Option("pooling", "--pooling", "encoder pooling (default: cls, as FlagModel)", choices=POOLINGS),)
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -135,12 +135,74 @@ class EncoderFamily(Family):
         return {"pooling_method": self.variant["pooling"]}
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        from bge_export.parity import encoder_parity
-
         return encoder_parity(self, bundle_path, precision, texts, log=log, gate_retrieval=gate_retrieval)
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import encoder_golden_values
-
         return encoder_golden_values(model, sample)
+
+
+# --- parity recipe: FlagModel against the bundle -------------------------------------------------------
+
+QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
+
+
+def encoder_parity(family, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
+    """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
+    import numpy as np
+
+    from bge_export.parity import cosine_rows, gate, topk_overlap
+    from bge_export.parity_run import (cached_reference, load_for_parity, quiet_stderr, retrieval_quality,
+                                       text_token_mismatches)
+
+    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
+    model = load_for_parity(bundle_path, query_instruction_for_retrieval=QUERY_INSTRUCTION, batch_size=16)
+    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
+    everything = edge + queries + corpus
+
+    # 1. the runtime's tokenizer against the HF tokenizer FlagModel uses (also at a short max_length)
+    checks = gate(family.name, "tokens", "*",
+                  {"mismatched_texts": text_token_mismatches(family, model, everything, model.max_length)})
+
+    # 2. embeddings: plain encode over everything (mixed lengths in one batch, truncation at max_length),
+    #    a short max_length, and the retrieval pair encode_queries / encode_corpus
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
+    n = model.max_length  # the same max_length on both sides (FlagModel's own default is 512 regardless)
+    with quiet_stderr():  # FlagEmbedding draws tqdm bars it does not let us switch off
+        ref_all = reference.encode(everything, batch_size=32, max_length=n)
+        ref_short = reference.encode(edge, max_length=16)
+        q_ref = reference.encode_queries(queries, max_length=n)
+        c_ref = reference.encode_corpus(corpus, batch_size=32, max_length=n)
+    got_all = model.encode(everything)
+    got_short = model.encode(edge, max_length=16)
+    q_got, c_got = model.encode_queries(queries), model.encode_corpus(corpus)
+    ref = np.concatenate([ref_all, ref_short, q_ref, c_ref])
+    got = np.concatenate([got_all, got_short, q_got, c_got])
+    cos = cosine_rows(ref, got)
+    values = {
+        "cosine_min": float(cos.min()),
+        "cosine_mean": float(cos.mean()),
+        "max_abs": float(np.abs(ref - got).max()),
+        "top10_overlap": topk_overlap(q_ref, c_ref, q_got, c_got, k=10),
+    }
+    # the reference's own noise floor: the same texts one at a time instead of in padded batches
+    probe = edge + queries
+    with quiet_stderr():
+        ref_single = reference.encode(probe, batch_size=1, max_length=n)
+    values["reference_self_max_abs"] = float(np.abs(ref_single - ref_all[: len(probe)]).max())
+    notes = {"top10_overlap": f"{len(queries)} queries x {len(corpus)} passages, against FlagModel's top 10",
+             "reference_self_max_abs": "FlagModel batch 1 vs batch 32"}
+    if gate_retrieval:  # trained weights: what users feel, on the labelled set (a random checkpoint has no signal)
+        log("measuring recall@10 and MRR on the labelled retrieval set (FlagModel and the bundle)")
+        quality, quality_notes = retrieval_quality(family, reference, model, n)
+        values.update(quality)
+        notes.update(quality_notes)
+    checks += gate(family.name, "dense", precision, values, notes, gate_retrieval=gate_retrieval)
+    golden = {"texts": list(edge), "reference": ref_all[: len(edge)], "n_texts": len(everything)}
+    return checks, golden
+
+
+def encoder_golden_values(model, sample: dict) -> dict:
+    from bge_export.parity import dense_sample_values
+
+    return dense_sample_values(sample["reference"], model.encode(sample["texts"]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.build.targets import CPU_TARGETS, GPU_TARGETS, OV_TARGETS
 from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint
 
@@ -20,7 +19,6 @@ class M3Family(Family):
     reference_api = "BGEM3FlagModel"
     description = "BGE-M3 with dense, sparse and ColBERT heads in one graph: bge-m3"
     checkpoints = ("BAAI/bge-m3",)
-    targets = CPU_TARGETS + OV_TARGETS + GPU_TARGETS
     parity_outputs = ("tokens", "dense", "sparse", "colbert", "scores", "golden")
 
     @classmethod
@@ -58,6 +56,9 @@ class M3Family(Family):
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]
 
+    def axis_sizes(self, info: dict) -> dict[str, int]:
+        return {**super().axis_sizes(info), "colbert": info["colbert_dim"]}
+
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec("dense_vecs", "float32", ("batch", "hidden")),
                 TensorSpec("token_weights", "float32", ("batch", "sequence")),
@@ -79,12 +80,110 @@ class M3Family(Family):
         return M3Heads.from_checkpoint(self.ckpt.path)
 
     def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        from bge_export.parity import m3_parity
-
         return m3_parity(self, bundle_path, precision, texts, log=log)
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import m3_golden_values
-
         return m3_golden_values(model, sample)
+
+
+# --- parity recipe: BGEM3FlagModel against the bundle, three heads and five scores -----------------------
+
+def m3_golden_values(model, sample: dict) -> dict:
+    from bge_export.parity import dense_sample_values
+
+    return dense_sample_values(sample["reference"], model.encode(sample["texts"])["dense_vecs"])
+
+
+def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
+    import numpy as np
+
+    from bge_export.parity import FP32_REL, scaled
+    largest = max((float(v) for r in ref for v in r.values()), default=0.0)
+    key_mismatch, raw_mismatch, max_abs, overlaps = 0, 0, 0.0, []
+    for r, g in zip(ref, got):
+        only = set(r) ^ set(g)
+        raw_mismatch += len(only)
+        key_mismatch += sum(1 for k in only if scaled(float(r.get(k, g.get(k, 0))), largest) > FP32_REL)
+        for k in set(r) & set(g):
+            max_abs = max(max_abs, abs(float(r[k]) - float(g[k])))
+        top_r = {k for k, _ in sorted(r.items(), key=lambda kv: -kv[1])[:10]}
+        top_g = {k for k, _ in sorted(g.items(), key=lambda kv: -kv[1])[:10]}
+        if top_r:
+            overlaps.append(len(top_r & top_g) / len(top_r))
+    return {"key_mismatch": key_mismatch, "raw_key_mismatch": raw_mismatch, "max_abs": max_abs,
+            "largest_weight": largest, "max_abs_rel_max": scaled(max_abs, largest),
+            "top10_key_overlap": float(np.mean(overlaps)) if overlaps else 1.0}
+
+
+def m3_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
+    """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
+    import numpy as np
+
+    from bge_export.parity import SCALE_FLOOR, cosine_rows, gate, rel_spread_error, scaled, spearman, spread
+    from bge_export.parity_run import (cached_reference, load_for_parity, quiet_stderr, rerank_pairs,
+                                       text_token_mismatches)
+    reference = cached_reference(family)
+    model = load_for_parity(bundle_path, batch_size=16)
+    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
+    everything = edge + queries + corpus[:120]
+    n = model.passage_max_length
+
+    mismatched = text_token_mismatches(family, model, everything, n)
+
+    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on {len(everything)} texts")
+    heads = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
+    with quiet_stderr():
+        ref = reference.encode(everything, batch_size=32, max_length=n, **heads)
+        ref_short = reference.encode(edge, max_length=16, **heads)
+        ref_single = reference.encode(edge, batch_size=1, max_length=n, return_dense=True)["dense_vecs"]
+    got = model.encode(everything, max_length=n, **heads)
+    got_short = model.encode(edge, max_length=16, **heads)
+    decode_ref = reference.convert_id_to_token(ref["lexical_weights"][:40])  # the same dicts on both sides
+    decode_got = model.convert_id_to_token(ref["lexical_weights"][:40])
+    mismatched_decodes = sum(set(a) != set(b) for a, b in zip(decode_ref, decode_got))
+    checks = gate(family.name, "tokens", "*", {"mismatched_texts": mismatched, "mismatched_decodes": mismatched_decodes})
+
+    d_ref = np.concatenate([ref["dense_vecs"], ref_short["dense_vecs"]])
+    d_got = np.concatenate([got["dense_vecs"], got_short["dense_vecs"]])
+    cos = cosine_rows(d_ref, d_got)
+    checks += gate(family.name, "dense", precision, {
+        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(d_ref - d_got).max()),
+        "reference_self_max_abs": float(np.abs(ref_single - ref["dense_vecs"][:len(edge)]).max())})
+
+    sparse = _sparse_stats(ref["lexical_weights"] + ref_short["lexical_weights"],
+                           got["lexical_weights"] + got_short["lexical_weights"])
+    checks += gate(family.name, "sparse", precision, sparse,
+                   {"raw_key_mismatch": "ids on one side only, any weight",
+                    "key_mismatch": "ids on one side only with a weight above 1e-4 of the largest",
+                    "max_abs_rel_max": f"max |ref - bundle| / max(largest weight, {SCALE_FLOOR:g})"})
+
+    c_ref = ref["colbert_vecs"] + ref_short["colbert_vecs"]
+    c_got = got["colbert_vecs"] + got_short["colbert_vecs"]
+    same = [(a, b) for a, b in zip(c_ref, c_got) if a.shape == b.shape]
+    c_cos = np.concatenate([cosine_rows(a, b) for a, b in same if len(a)])
+    c_max_abs = float(max(np.abs(a - b).max() for a, b in same if len(a)))
+    c_norm = float(max(np.linalg.norm(a, axis=-1).max() for a in c_ref if len(a)))
+    checks += gate(family.name, "colbert", precision, {
+        "length_mismatch": len(c_ref) - len(same), "max_abs": c_max_abs, "largest_norm": c_norm,
+        "max_abs_rel_norm": scaled(c_max_abs, c_norm),
+        "cosine_mean": float(c_cos.mean()), "cosine_min": float(c_cos.min())},
+        {"max_abs_rel_norm": f"max |ref - bundle| / max(largest vector norm, {SCALE_FLOOR:g})"})
+
+    pairs, edge_pairs = rerank_pairs(texts)
+    pairs = pairs[:96] + edge_pairs
+    weights = [0.4, 0.2, 0.4]
+    with quiet_stderr():
+        s_ref = reference.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
+    s_got = model.compute_score(pairs, batch_size=16, weights_for_different_modes=weights)
+    # each score kind against its own spread: a sparse score of ~80 must not hide a dense score's error of ~1
+    rel = {k: rel_spread_error(s_ref[k], s_got[k]) for k in s_ref}
+    worst = max(rel, key=rel.get)
+    checks += gate(family.name, "scores", precision, {
+        "max_abs": max(float(np.abs(np.asarray(s_ref[k]) - np.asarray(s_got[k])).max()) for k in s_ref),
+        "max_abs_rel_spread": rel[worst], "score_spread": spread(s_ref[worst]),
+        "spearman": spearman(s_ref["colbert+sparse+dense"], s_got["colbert+sparse+dense"])},
+        {"max_abs_rel_spread": f"worst of the {len(rel)} kinds: {worst}",
+         "score_spread": f"max - min of the reference {worst} scores"})
+    golden = {"texts": list(edge), "reference": ref["dense_vecs"][:len(edge)], "n_texts": len(everything) + len(pairs)}
+    return checks, golden
