@@ -3,43 +3,21 @@ from __future__ import annotations
 
 import pytest
 
-from parity_tests import checkpoints as ck
-from parity_tests import decoder_checkpoints as dk
+from bge_export.families import FAMILIES
 
+# Every family declares the checkpoints the suite builds for it (Family.test_cases); the harness only reads them.
+TEST_CASES = {case.name: case for family in FAMILIES.values() for case in family.test_cases}
 # case -> builder(tmp folder) -> checkpoint folder
-CASES = {
-    "minilm-real": lambda d: ck.real_minilm(),
-    "tiny-bert": lambda d: ck.tiny_bert(d / "bge-small-en-v1.5"),
-    "tiny-xlmr": lambda d: ck.tiny_xlmr(d / "xlmr-base-encoder"),
-    # checkpoints of shapes no BGE release has: other sizes, head counts, depths and position limits
-    "bert-48h3-l3-pos128": lambda d: ck.tiny_bert(d / "bert-other", hidden=48, layers=3, heads=3, intermediate=96,
-                                                   max_positions=128, seed=1),
-    "xlmr-64h8-l3": lambda d: ck.tiny_xlmr(d / "xlmr-other", hidden=64, layers=3, heads=8, intermediate=128, seed=2),
-    "tiny-reranker-xlmr": lambda d: ck.tiny_xlmr_reranker(d / "bge-reranker-v2-m3"),
-    "tiny-reranker-bert": lambda d: ck.tiny_bert_reranker(d / "bert-cross-encoder"),
-    "tiny-m3": lambda d: ck.tiny_m3(d / "bge-m3"),
-    "tiny-llm-reranker": lambda d: dk.tiny_gemma_reranker(d / "bge-reranker-v2-gemma"),
-    "tiny-layerwise": lambda d: dk.tiny_minicpm_layerwise(d / "bge-reranker-v2-minicpm-layerwise"),
-    "tiny-lightweight": lambda d: dk.tiny_gemma2_lightweight(d / "bge-reranker-v2.5-gemma2-lightweight"),
-    "tiny-gemma2-embedder": lambda d: dk.tiny_gemma2_embedder(d / "bge-multilingual-gemma2"),
-    "tiny-icl": lambda d: dk.tiny_mistral_icl(d / "bge-en-icl"),
-}
+CASES = {name: (lambda d, case=case: case.build(d / case.folder)) for name, case in TEST_CASES.items()}
 # case -> export-time variant (cutoff layers, compression) the case is built with
-CASE_VARIANTS = {
-    "tiny-layerwise": {"cutoff_layers": [2, 3, 4]},
-    "tiny-lightweight": {"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]},
-}
-# case -> family, stated (not derived from the case name)
-FAMILY_OF_CASE = {"minilm-real": "encoder", "tiny-bert": "encoder", "tiny-xlmr": "encoder",
-                  "bert-48h3-l3-pos128": "encoder", "xlmr-64h8-l3": "encoder", "tiny-reranker-xlmr": "cross-encoder",
-                  "tiny-reranker-bert": "cross-encoder", "tiny-m3": "m3", "tiny-llm-reranker": "llm-reranker",
-                  "tiny-layerwise": "layerwise-reranker", "tiny-lightweight": "compressed-reranker",
-                  "tiny-gemma2-embedder": "llm-embedder", "tiny-icl": "llm-embedder"}
+CASE_VARIANTS = {name: dict(case.variant) for name, case in TEST_CASES.items() if case.variant}
+# case -> family, as the family declares it
+FAMILY_OF_CASE = {case.name: family.name for family in FAMILIES.values() for case in family.test_cases}
 
 RESULTS: dict[tuple[str, str], dict] = {}  # (case, target) -> parity report, for the summary table
 
 # cases with trained weights: retrieval statistics (top-10 overlap) are gated only on these
-TRAINED = {"minilm-real"}
+TRAINED = {name for name, case in TEST_CASES.items() if case.trained}
 
 
 @pytest.fixture(scope="session")
@@ -90,21 +68,7 @@ def bundle(checkpoint_dir, exported, tmp_path_factory):
     return get
 
 
-SUMMARY_COLUMNS = {  # family -> (output, metric) columns of its summary table
-    "encoder": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"), ("dense", "top10_overlap"),
-                ("dense", "recall@10_reference"), ("dense", "recall@10"), ("dense", "mrr_reference"), ("dense", "mrr"),
-                ("dense", "reference_self_max_abs")],
-    "cross-encoder": [("score", "max_abs"), ("score", "score_spread"), ("score", "max_abs_rel_spread"),
-                      ("score", "spearman"), ("score", "reference_self_max_abs")],
-    "m3": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"), ("sparse", "max_abs"),
-           ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"), ("colbert", "max_abs_rel_norm"),
-           ("colbert", "cosine_mean"), ("scores", "max_abs"), ("scores", "max_abs_rel_spread"), ("scores", "spearman")],
-    **{f: [("score", "max_abs_rel_spread"), ("score", "max_abs"), ("score", "score_spread"), ("score", "spearman"),
-           ("score", "padding_side_max_abs_rel_spread"), ("score", "reference_self_max_abs")]
-       for f in ("llm-reranker", "layerwise-reranker", "compressed-reranker")},
-    "llm-embedder": [("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
-                     ("dense", "reference_self_max_abs")],
-}
+SUMMARY_COLUMNS = {name: list(f.summary_columns) for name, f in FAMILIES.items()}  # family -> (output, metric)
 
 
 def pytest_terminal_summary(terminalreporter):

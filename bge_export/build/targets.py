@@ -28,7 +28,7 @@ class Target:
     # True where the target compiles a graph exported in half precision by the family's own implementation
     # (trt-bf16: only families with ``half_export`` can build it)
     needs_half_export: bool = False
-    help: str = ""  # the line of `bge-export --help`'s target list (default: the description)
+    help: str = ""  # its paragraph in `bge-export --help`'s target list ("\n" breaks the line)
 
     def supports(self, family) -> str | None:
         """Why this target cannot build ``family`` (a family class, or a family object for what depends on its
@@ -81,59 +81,67 @@ def register_target(t: Target) -> Target:
     return t
 
 
-def register(t: Target) -> Target:
-    """register_target with the --help line of TARGET_HELP."""
-    from dataclasses import replace
-
-    return register_target(replace(t, help=TARGET_HELP.get(t.name, t.description)))
-
-
-# the target list of `bge-export --help`, one short paragraph each
-TARGET_HELP = {'onnx': 'the exported fp32 ONNX graph, unoptimised (portable)', 'ort-cpu': 'fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU', 'ort-cpu-int8': 'dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned\nwithout), FFN down-projections kept fp32', 'ov-cpu': 'OpenVINO IR, fp32 inference precision (needs the openvino extra)', 'ov-cpu-bf16': 'OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);\nnorms and softmax sums stay fp32; refused on CPUs without bf16', 'ov-cpu-int8': 'OpenVINO IR quantized with NNCF: int8 weights (default; the accurate one), or --ov-int8\nstatic for int8 weights and activations calibrated on text', 'ort-cuda': 'fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs', 'ort-cuda-fp16': 'the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)', 'onnx-fp16': 'the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime', 'onnx-int8': 'the symmetric QDQ int8 ONNX that trt-int8 compiles; parity-checked on ONNX Runtime', 'trt-fp16': 'TensorRT engine (strongly typed) from onnx-fp16; needs TensorRT and an NVIDIA GPU', 'trt-bf16': 'TensorRT engine from a bf16 export (decoder families; the Gemma models)', 'trt-int8': 'TensorRT engine from onnx-int8 (explicit quantization)'}
 
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-register(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
-                "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx"))
-register(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
-                "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
-                "bge_export.build.ort:build_ort_cpu"))
-register(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
-                "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
-                "CPUs, unsigned without; FFN down-projections kept fp32)",
-                "bge_export.build.ort:build_ort_cpu_int8"))
+register_target(Target("onnx", "fp32", "onnxruntime", ("CPUExecutionProvider",),
+                       "the exported fp32 ONNX graph, unoptimised (portable)", "bge_export.build.ort:build_onnx",
+                       help="the exported fp32 ONNX graph, unoptimised (portable)"))
+register_target(Target("ort-cpu", "fp32", "onnxruntime", ("CPUExecutionProvider",),
+                       "fp32 with graph fusions for ONNX Runtime CPU (encoders: Attention, SkipLayerNorm, BiasGelu; decoders: RMSNorm)",
+                       "bge_export.build.ort:build_ort_cpu",
+                       help="fp32 with graph fusions (transformer attention; RMSNorm for decoders), for ONNX Runtime CPU"))
+register_target(Target("ort-cpu-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
+                       "dynamic int8 on the fused graph for ONNX Runtime CPU (per-channel weights: signed on VNNI "
+                       "CPUs, unsigned without; FFN down-projections kept fp32)",
+                       "bge_export.build.ort:build_ort_cpu_int8",
+                       help="dynamic int8 for ONNX Runtime CPU: per-channel weights (signed on VNNI CPUs, unsigned\n"
+                       "without), FFN down-projections kept fp32"))
 OV_REQUIRES = ("openvino",)
-register(Target("ov-cpu", "fp32", "openvino", (),
-                "OpenVINO IR for the CPU, fp32 inference precision (converted from the ONNX export)",
-                "bge_export.build.ov:build_ov_cpu", requires=OV_REQUIRES, from_fp32_export=True))
-register(Target("ov-cpu-bf16", "bf16", "openvino", (),
-                "OpenVINO IR compiled in bf16 on CPUs with AMX or AVX512-BF16 (norms and softmax sums stay "
-                "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
-                requires=OV_REQUIRES, from_fp32_export=True))
-register(Target("ov-cpu-int8", "int8", "openvino", (),
-                "OpenVINO IR quantized with NNCF: int8 weights (or --ov-int8 static: int8 weights and "
-                "activations calibrated on text, FFN down-projections kept float)",
-                "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
-                from_fp32_export=True, options=OV_INT8_OPTIONS))
+register_target(Target("ov-cpu", "fp32", "openvino", (),
+                       "OpenVINO IR for the CPU, fp32 inference precision (converted from the ONNX export)",
+                       "bge_export.build.ov:build_ov_cpu", requires=OV_REQUIRES, from_fp32_export=True,
+                       help="OpenVINO IR, fp32 inference precision (needs the openvino extra)"))
+register_target(Target("ov-cpu-bf16", "bf16", "openvino", (),
+                       "OpenVINO IR compiled in bf16 on CPUs with AMX or AVX512-BF16 (norms and softmax sums stay "
+                       "fp32); refused on CPUs without bf16", "bge_export.build.ov:build_ov_cpu_bf16",
+                       requires=OV_REQUIRES, from_fp32_export=True,
+                       help="OpenVINO IR run in bf16 on CPUs with AMX or AVX512-BF16 (Intel Xeon 4th gen+, AMD Zen 4+);\n"
+                       "norms and softmax sums stay fp32; refused on CPUs without bf16"))
+register_target(Target("ov-cpu-int8", "int8", "openvino", (),
+                       "OpenVINO IR quantized with NNCF: int8 weights (or --ov-int8 static: int8 weights and "
+                       "activations calibrated on text, FFN down-projections kept float)",
+                       "bge_export.build.ov:build_ov_cpu_int8", requires=OV_REQUIRES + ("nncf",),
+                       from_fp32_export=True, options=OV_INT8_OPTIONS,
+                       help="OpenVINO IR quantized with NNCF: int8 weights (default; the accurate one), or --ov-int8\n"
+                       "static for int8 weights and activations calibrated on text"))
 
-register(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
-                "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
-                "bge_export.build.ort:build_ort_cpu"))
-register(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
-                "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
-                "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half"))
-register(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
-                "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
-                "ONNX Runtime", "bge_export.build.gpu:build_onnx_half"))
-register(Target("onnx-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
-                "the static symmetric QDQ int8 ONNX that trt-int8 compiles (attention projections in int8, "
-                "the rest fp16; fp32 for decoders); runs on any ONNX Runtime", "bge_export.build.gpu:build_onnx_qdq"))
-for _name, _precision, _what, _fn in (("trt-fp16", "fp16", "the fp16 ONNX of onnx-fp16", "build_trt_half"),
-                                      ("trt-bf16", "bf16", "a bf16 export (decoder families)", "build_trt_half"),
-                                      ("trt-int8", "int8", "the QDQ ONNX of onnx-int8", "build_trt_int8")):
-    register(Target(_name, _precision, "tensorrt", (),
+register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
+                       "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
+                       "bge_export.build.ort:build_ort_cpu",
+                       help="fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs"))
+register_target(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
+                       "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
+                       "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half",
+                       help="the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)"))
+register_target(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
+                       "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
+                       "ONNX Runtime", "bge_export.build.gpu:build_onnx_half",
+                       help="the standard-op fp16 ONNX that trt-fp16 compiles; parity-checked on ONNX Runtime"))
+register_target(Target("onnx-int8", "int8", "onnxruntime", ("CPUExecutionProvider",),
+                       "the static symmetric QDQ int8 ONNX that trt-int8 compiles (attention projections in int8, "
+                       "the rest fp16; fp32 for decoders); runs on any ONNX Runtime", "bge_export.build.gpu:build_onnx_qdq",
+                       help="the symmetric QDQ int8 ONNX that trt-int8 compiles; parity-checked on ONNX Runtime"))
+for _name, _precision, _what, _fn, _help in (
+        ("trt-fp16", "fp16", "the fp16 ONNX of onnx-fp16", "build_trt_half",
+         "TensorRT engine (strongly typed) from onnx-fp16; needs TensorRT and an NVIDIA GPU"),
+        ("trt-bf16", "bf16", "a bf16 export (decoder families)", "build_trt_half",
+         "TensorRT engine from a bf16 export (decoder families; the Gemma models)"),
+        ("trt-int8", "int8", "the QDQ ONNX of onnx-int8", "build_trt_int8",
+         "TensorRT engine from onnx-int8 (explicit quantization)")):
+    register_target(Target(_name, _precision, "tensorrt", (),
                     f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
                     f"bge_export.build.trt:{_fn}", requires=("tensorrt",), options=TRT_OPTIONS,
-                    needs_half_export=_precision == "bf16"))
+                    needs_half_export=_precision == "bf16", help=_help))
 
 CPU_TARGETS = ("onnx", "ort-cpu", "ort-cpu-int8")
 OV_TARGETS = ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8")

@@ -1,8 +1,9 @@
 """Family specs: data that export, build, runtime and parity read, plus the few hooks that need code."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from bge_export.errors import InternalError, UnsupportedFamilyError
 from bge_export.options import Option
@@ -30,6 +31,20 @@ class TensorSpec:
                 "axes": [a if a in ("batch", "sequence") else sizes.get(a, a) for a in self.axes]}
 
 
+@dataclass(frozen=True)
+class TestCase:
+    """A checkpoint the test suite builds for a family: ``build(folder)`` writes the real on-disk layout with random
+    (or, ``trained``, real) weights into ``folder`` and returns the checkpoint folder. ``folder`` is the basename it
+    gets (FlagEmbedding's auto classes dispatch on it); ``variant`` the export-time options the case is built with;
+    ``trained`` cases have real weights, so retrieval statistics are gated on them."""
+
+    name: str
+    build: Callable[[Path], Path]
+    folder: str
+    variant: dict = field(default_factory=dict, hash=False)
+    trained: bool = False
+
+
 FAMILIES: dict[str, type["Family"]] = {}
 
 
@@ -45,12 +60,16 @@ class Family:
     options: ClassVar[tuple[Option, ...]] = ()
     # the targets that can build this family, in registry order: set at registration from Target.supports
     targets: ClassVar[tuple[str, ...]] = ()
+    # the checkpoints the test suite builds for this family (at least one) and the (output, metric) columns of
+    # its parity summary table
+    test_cases: ClassVar[tuple[TestCase, ...]] = ()
+    summary_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kw):
         super().__init_subclass__(**kw)
         if abstract:  # a shared base of several families (e.g. the decoders), never registered itself
             return
-        for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs"):
+        for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs", "test_cases"):
             if not hasattr(cls, attr):
                 raise TypeError(f"family class {cls.__name__} must define '{attr}'")
 

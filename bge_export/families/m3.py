@@ -6,11 +6,12 @@ the host (runtimes/m3.py), exactly as FlagEmbedding computes them.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, register_family
-from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint
+from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint, tiny_xlmr
 
 
 @register_family
@@ -20,6 +21,11 @@ class M3Family(Family):
     description = "BGE-M3 with dense, sparse and ColBERT heads in one graph: bge-m3"
     checkpoints = ("BAAI/bge-m3",)
     parity_outputs = ("tokens", "dense", "sparse", "colbert", "scores", "golden")
+    test_cases = (TestCase("tiny-m3", lambda d: tiny_m3(d), "bge-m3"),)
+    summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"),
+                       ("sparse", "max_abs"), ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"),
+                       ("colbert", "max_abs_rel_norm"), ("colbert", "cosine_mean"), ("scores", "max_abs"),
+                       ("scores", "max_abs_rel_spread"), ("scores", "spearman"))
 
     @classmethod
     def matches(cls, ckpt) -> bool:
@@ -187,3 +193,23 @@ def m3_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
          "score_spread": f"max - min of the reference {worst} scores"})
     golden = {"texts": list(edge), "reference": ref["dense_vecs"][:len(edge)], "n_texts": len(everything) + len(pairs)}
     return checks, golden
+
+# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
+# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
+# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
+
+def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5,
+            max_positions=514, vocab_size=None, initializer_range=0.5) -> Path:
+    """bge-m3 layout: XLMRobertaModel + colbert_linear.pt + sparse_linear.pt (plain state_dicts).
+    The real bge-m3 shape is hidden 1024, 24 layers, 16 heads, intermediate 4096, vocab 250002, 8194 positions."""
+    import torch
+
+    tiny_xlmr(folder, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, seed=seed,
+              max_positions=max_positions, vocab_size=vocab_size, initializer_range=initializer_range)
+    torch.manual_seed(seed + 100)
+    colbert = torch.nn.Linear(hidden, colbert_dim or hidden)
+    sparse = torch.nn.Linear(hidden, 1)
+    torch.nn.init.normal_(sparse.weight, std=0.5)  # about half the tokens get a positive weight
+    torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
+    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
+    return folder

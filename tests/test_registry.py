@@ -1,0 +1,81 @@
+"""The registries (families, targets, tolerances) hold together, and the code outside a family's module does not
+name it. Runs without torch."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from bge_export.build.targets import TARGETS
+from bge_export.families import FAMILIES
+from bge_export.parity import TOLERANCES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_family_target_has_a_case_and_tolerance_rows():
+    cases = [c.name for f in FAMILIES.values() for c in f.test_cases]
+    assert len(cases) == len(set(cases)), "two families declare a test case of the same name"
+    for name, fam in FAMILIES.items():
+        assert fam.test_cases, f"family {name} declares no test case"
+        assert fam.targets, f"no target can build family {name}"
+        for target in fam.targets:
+            assert target in TARGETS and TARGETS[target].supports(fam) is None
+            # half: fp16 rows (bf16 graphs are checked on a GPU only, against the same fp16 rows)
+            precision = {"half": "fp16", "bf16": "fp16"}.get(TARGETS[target].precision, TARGETS[target].precision)
+            for output in fam.parity_outputs:
+                assert (name, output, precision) in TOLERANCES or (name, output, "*") in TOLERANCES, (name, output)
+        for output, _ in fam.summary_columns:
+            assert output in fam.parity_outputs, (name, output)
+
+
+def test_targets_say_why_they_cannot_build_a_family():
+    refused = [(t, f) for t in TARGETS.values() for f in FAMILIES.values() if t.supports(f)]
+    assert refused, "some target (trt-bf16) builds only some families"
+    for t, f in refused:
+        assert t.name not in f.targets and f.name in t.supports(f)
+
+
+# The generic code: the build pipeline, the CLI, parity's rules and harness, the benchmark, the test harness.
+GENERIC = ["bge_export/compile.py", "bge_export/cli.py", "bge_export/parity.py", "bge_export/parity_run.py",
+           "bge_export/reparity.py", "bge_export/reference.py", "bge_export/build", "bge_export/bench",
+           "parity_tests/conftest.py", "runtimes/batcher.py", "runtimes/service.py", "runtimes/backends"]
+
+
+def _string_constants(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
+                  and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_no_family_is_named_outside_its_module():
+    """A family name or a FlagEmbedding class name as a string in generic code is a family check that belongs
+    on the family (its spec, hooks or recipes); the tolerance table is the one allowed place (parity.TOLERANCES)."""
+    names = set(FAMILIES) | {f.reference_api for f in FAMILIES.values()}
+    from bge_export.families.decoders import EMBEDDER_APIS
+
+    names |= set(EMBEDDER_APIS)
+    found = []
+    for entry in GENERIC:
+        path = ROOT / entry
+        for file in ([path] if path.is_file() else sorted(path.rglob("*.py"))):
+            for line, value in _string_constants(file):
+                if value in names:
+                    found.append(f"{file.relative_to(ROOT)}:{line}: {value!r}")
+    # the tolerance table is keyed by family: its keys are the allowed mentions
+    found = [f for f in found if not f.startswith("bge_export/parity.py:")]
+    assert not found, "family names in generic code:\n" + "\n".join(found)
+
+
+def test_unit_tests_run_without_torch():
+    """tests/ is the torch-free part of the suite (parity_tests/ builds checkpoints and bundles)."""
+    code = ("import sys\nfor m in ('torch', 'transformers', 'FlagEmbedding', 'onnxscript', 'optimum'):\n"
+            "    sys.modules[m] = None\nimport pytest\n"
+            "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', 'tests', '-k', 'not without_torch']))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
