@@ -1,6 +1,6 @@
 """The decoder families at a mid size, against FlagEmbedding, in ONE process: random weights in an 8-layer decoder
 (hidden 512, 8 heads, 2-4 KV heads, FFN 1536, the tiny tokenizers' vocabulary), ort-cpu bundles (and ort-cpu-int8
-for the LLM reranker and the Gemma2 embedder), timed with `bge-export bench`'s method (bge_export/bench.py) against
+for the LLM reranker and the Gemma2 embedder), timed with `bge-export bench`'s method (bge_export/bench/) against
 the matching FlagEmbedding class built through bge_export.reference with the bundle's options:
 
   llm-reranker         Gemma      FlagLLMReranker.compute_score
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bge_export import bench
 from bge_export.compile import compile_bundle
-from parity_tests import decoder_checkpoints as dc
+from bge_export.families import decoders as dc
 
 HERE = Path(__file__).resolve().parent
 MID = {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 1536, "num_attention_heads": 8}
@@ -54,7 +54,7 @@ def run() -> int:
     p.add_argument("--no-int8", action="store_true", help="ort-cpu bundles only")
     p.add_argument("--out", default=str(HERE / "results" / "decoders-mid-cpu"))
     args = p.parse_args()
-    batches, seqs = bench._ints(args.batch_sizes, "--batch-sizes"), bench._ints(args.seq_lens, "--seq-lens")
+    batches, seqs = bench.ints(args.batch_sizes, "--batch-sizes"), bench.ints(args.seq_lens, "--seq-lens")
     t_start = time.perf_counter()
     rows, envs, timings = [], {}, {}
     for name in args.family:
@@ -68,8 +68,9 @@ def run() -> int:
                 bundles.append(res.bundle)
             t_built = time.perf_counter()
             print(f"== {name}: checkpoint + {len(bundles)} bundle(s) in {t_built - t0:.0f}s", flush=True)
-            cell_rows, env = bench.run_bench(bundles, batches=batches, seqs=seqs, repeats=args.repeats,
-                                             warmup=args.warmup, flagmodel=True, optimum=False)
+            settings = bench.BenchSettings(batches=tuple(batches), seqs=tuple(seqs), repeats=args.repeats,
+                                           warmup=args.warmup, peers=bench.Peers(optimum=False))
+            cell_rows, env = bench.run_bench(bundles, settings)
         timings[name] = {"build_s": round(t_built - t0, 1), "bench_s": round(time.perf_counter() - t_built, 1)}
         print(f"== {name}: timed in {timings[name]['bench_s']:.0f}s", flush=True)
         envs[name] = env
@@ -97,7 +98,7 @@ def overview(rows: list[dict], envs: dict) -> str:
             for b, s in sorted({(r["batch"], r["seq"]) for r in g}, key=lambda c: (c[1], c[0])):
                 get = {r["mode"]: r for r in g if (r["contender"], r["batch"], r["seq"]) == (name, b, s)}
                 ref = {r["mode"]: r for r in g if (r["contender"], r["batch"], r["seq"]) == (ref_name, b, s)}
-                checks = "; ".join(f"{m}: {bench._check_text(get[m])}" for m in get if "check_max_abs" in get[m])
+                checks = "; ".join(f"{m}: {bench.check_text(get[m])}" for m in get if "check_max_abs" in get[m])
                 lines.append(
                     f"| {group} | {api} | {name.split()[-1]} | {b} x {s} | {get['e2e']['tokens']} | "
                     f"{get['e2e']['tokens_per_s']:.0f} ({ref['e2e']['tokens_per_s']:.0f}) | "

@@ -47,10 +47,11 @@ def run() -> int:
 
     import runtimes
     from benchmarks.run_cpu_targets import cpu_kind
-    from bge_export.bench import _matmul_gflops, exact_length_texts
+    from bge_export.bench.peaks import matmul_gflops
+    from bge_export.bench.texts import exact_length_texts
     from bge_export.checkpoint import embedded_default_path
     from bge_export.cli import main
-    from bge_export.parity import parity_texts
+    from bge_export.parity_run import parity_texts
     from runtimes._optional import available
     from runtimes.cpu import cpu_name, has_bf16
 
@@ -109,7 +110,7 @@ def run() -> int:
     for dtype in (torch.bfloat16, torch.float32):
         for n in (2048, 4096):
             rows.append({"probe": "torch GEMM", "cell": f"{n}^3", "variant": str(dtype).removeprefix("torch."),
-                         "gflops": _matmul_gflops(torch.randn(n, n, dtype=dtype), seconds=1.5)})
+                         "gflops": matmul_gflops(torch.randn(n, n, dtype=dtype), seconds=1.5)})
     env = {"processor": cpu_name(), "openvino": ov.__version__, "torch": torch.__version__}
     lines = [f"Machine: {env['processor']}; openvino {env['openvino']}, torch {env['torch']}.", "",
              "| probe | cell | variant | median ms / GFLOP/s |", "|---|---|---|---:|"]

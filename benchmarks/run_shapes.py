@@ -141,12 +141,12 @@ def run() -> int:
     import openvino
 
     from benchmarks.run_cpu_targets import cpu_kind
-    from bge_export.bench import exact_length_texts
+    from bge_export.bench.texts import exact_length_texts
     from bge_export.checkpoint import embedded_default_path
     from bge_export.cli import main
     from bge_export.compile import prepare
     from bge_export.export.onnx import export_onnx
-    from bge_export.parity import parity_texts
+    from bge_export.parity_run import parity_texts
     from runtimes.cpu import cpu_name, has_bf16
 
     out = Path(args.out or HERE / "results" / f"shapes-minilm-{cpu_kind()}")

@@ -63,6 +63,8 @@ class Family:
     # the checkpoints the test suite builds for this family (at least one) and the (output, metric) columns of
     # its parity summary table
     test_cases: ClassVar[tuple[TestCase, ...]] = ()
+    # how `bge-export bench` drives its FlagEmbedding API (bge_export.bench.recipe.BenchRecipe; None: not benched)
+    bench_recipe: ClassVar[Any] = None
     summary_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kw):
@@ -71,7 +73,7 @@ class Family:
             return
         for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs", "test_cases"):
             if not hasattr(cls, attr):
-                raise TypeError(f"family class {cls.__name__} must define '{attr}'")
+                raise InternalError(f"family class {cls.__name__} must define '{attr}'")
 
     # --- hooks ------------------------------------------------------------------------------------
     @classmethod

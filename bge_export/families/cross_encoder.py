@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bge_export.errors import UnsupportedFamilyError
+from bge_export.bench.recipe import BenchRecipe
 from bge_export.families.base import Family, TensorSpec, TestCase, register_family
 from bge_export.families.encoder import (BERT_TOKENIZER_FILES, EncoderFamily, check_backbone_checkpoint, real_minilm,
                                          xlmr_tokenizer)
@@ -24,6 +25,17 @@ class CrossEncoderFamily(Family):
     description = "cross-encoder rerankers: bge-reranker-base, bge-reranker-large, bge-reranker-v2-m3"
     checkpoints = ("BAAI/bge-reranker-base", "BAAI/bge-reranker-large", "BAAI/bge-reranker-v2-m3")
     parity_outputs = ("tokens", "score", "golden")
+    # pairs of a query of s/4 tokens and a passage filling the rest: s tokens per pair
+    bench_recipe = BenchRecipe(
+        inputs=lambda w, b, s: [list(p) for p in zip(w.texts(b, s // 4), w.texts(b, s - s // 4, offset=5))],
+        e2e={"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
+        engine_feeds=lambda model, x, s: model.feeds_for(
+            model.tokenizer.encode_pairs([q for q, _ in x], [p for _, p in x], s * 3 // 4, s)),
+        ref_tensors=lambda ref, x, s, w: ref.tokenizer([q for q, _ in x], [p for _, p in x], padding=True,
+                                                       truncation="only_second", max_length=s, return_tensors="pt"),
+        ref_forward=lambda ref, enc: ref.model(**enc, return_dict=True).logits,
+        check="scores",
+    )
     test_cases = (TestCase("tiny-reranker-xlmr", lambda d: tiny_xlmr_reranker(d), "bge-reranker-v2-m3"),
                   TestCase("tiny-reranker-bert", lambda d: tiny_bert_reranker(d), "bert-cross-encoder"))
     summary_columns = (("score", "max_abs"), ("score", "score_spread"), ("score", "max_abs_rel_spread"),

@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bge_export.errors import CheckpointError, UnsupportedFamilyError
+from bge_export.bench.recipe import BenchRecipe, Workload
+from bge_export.errors import CheckpointError, InternalError, UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, TestCase, register_family
 from bge_export.options import Option
 
@@ -795,7 +796,7 @@ def _check_tokenizer(folder: Path, expected: dict) -> None:
     tok = AutoTokenizer.from_pretrained(str(folder))
     got = {key: getattr(tok, key) for key in expected}
     if got != expected:
-        raise AssertionError(f"tiny tokenizer in {folder} has {got}, expected {expected}")
+        raise InternalError(f"tiny tokenizer in {folder} has {got}, expected {expected}")
 
 
 def gemma_tokenizer(folder: Path) -> Path:
@@ -978,3 +979,116 @@ def tiny_mistral_icl(folder: Path, *, seed: int = 25, hidden_size: int = 64, num
     torch.manual_seed(seed)
     MistralModel(cfg).eval().save_pretrained(str(folder))
     return folder
+
+
+# --- bench recipes (the decoder rerankers: compute_score with the bundle's cutoff layers / compression (the family builds the
+# reference with the same settings); the reference's engine runs on exactly the tensors of the bundle's engine
+# (token-identical to FlagEmbedding's own pair building: checked by the parity suite))
+
+
+def _decoder_pairs(model, pairs, s):
+    """The runtime's token-level pairs for ``compute_score(pairs, max_length=s)`` (instructions applied)."""
+    def inst(fmt, instruction, text):
+        return text if instruction is None else model.apply_instruction(fmt, instruction, text)
+
+    qs = [inst(model.query_instruction_format, model.query_instruction_for_rerank, q) for q, _ in pairs]
+    ps = [inst(model.passage_instruction_format, model.passage_instruction_for_rerank, p) for _, p in pairs]
+    return model.build_pairs(qs, ps, s * 3 // 4, s, None)
+
+
+def _decoder_pair_inputs(w: Workload, b, s):
+    """b pairs whose whole model input (bos, 'A: ' query of s/4 tokens, 'B: ' passage, separators, prompt) is about
+    s tokens: the passage gives up what the prompt and instructions take."""
+    q_len = s // 4
+    probe = [[w.texts(1, q_len)[0], w.texts(1, s - q_len, offset=5)[0]]]
+    overhead = len(_decoder_pairs(w.model, probe, s)[0].ids) - s
+    p_len = max(8, s - q_len - overhead)
+    return [list(p) for p in zip(w.texts(b, q_len), w.texts(b, p_len, offset=5))]
+
+
+def _decoder_pair_tokens(w: Workload, x, b, s):
+    n = sum(len(e.ids) for e in _decoder_pairs(w.model, x, s))
+    return {"e2e": n, "engine": n}
+
+
+def _llm_rerank_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.base import last_logit_pool
+
+    logits = ref.model(**enc, output_hidden_states=True).logits
+    return last_logit_pool(logits, enc["attention_mask"])[:, ref.yes_loc]
+
+
+def _layerwise_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.layerwise import last_logit_pool_layerwise
+
+    out = ref.model(**enc, output_hidden_states=True, cutoff_layers=ref.cutoff_layers)
+    return [last_logit_pool_layerwise(logits, enc["attention_mask"]) for logits in out.logits]
+
+
+def _lightweight_forward(ref, enc):
+    from FlagEmbedding.inference.reranker.decoder_only.lightweight import last_logit_pool_lightweight
+
+    out = ref.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True,
+                    compress_layer=ref.compress_layers, compress_ratio=ref.compress_ratio,
+                    query_lengths=enc["query_lengths"], prompt_lengths=enc["prompt_lengths"],
+                    cutoff_layers=ref.cutoff_layers)
+    return [last_logit_pool_lightweight(logits, mask) for logits, mask in zip(out.logits, out.attention_masks)]
+
+
+def decoder_reranker_recipe(forward, ref_list_feeds: tuple[str, ...] = ()) -> BenchRecipe:
+    """A decoder reranker's recipe: ``forward`` is its reference's bare forward + pooling."""
+    return BenchRecipe(
+        inputs=_decoder_pair_inputs,
+        e2e={"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
+        engine_feeds=lambda model, x, s: model.feeds_for(_decoder_pairs(model, x, s)),
+        ref_forward=forward,
+        ref_list_feeds=ref_list_feeds,
+        tokens=_decoder_pair_tokens,
+        check="scores",
+    )
+
+
+
+
+# --- the LLM embedders: encode_corpus / encode_queries (with a retrieval instruction) ----------------------
+
+def _query_overhead(model, n_tok, text):
+    """Tokens an embedder's query template (instruction, ICL suffix) adds to a query text."""
+    formatted = model.apply_instruction(model.query_instruction_format, model.query_instruction_for_retrieval, text)
+    return n_tok(formatted + getattr(model, "suffix", "")) - n_tok(text)
+
+
+def _embedder_inputs(w: Workload, b, s):
+    """Corpus texts of exactly s tokens; queries shortened so that the templated query is about s tokens."""
+    overhead = _query_overhead(w.model, w.n_tok, w.texts(1, s // 2)[0])
+    return {"corpus": w.texts(b, s), "queries": w.texts(b, max(8, s - overhead), offset=3)}
+
+
+def _embedder_tokens(w: Workload, x, b, s):
+    q = sum(w.n_tok(q) + _query_overhead(w.model, w.n_tok, q) for q in x["queries"])
+    return {"e2e": b * s, "e2e-queries": q, "engine": b * s}
+
+
+def _embedder_forward(ref, enc):
+    from FlagEmbedding.inference.embedder.decoder_only.base import last_token_pool
+
+    return last_token_pool(ref.model(**enc, return_dict=True).last_hidden_state, enc["attention_mask"])
+
+
+LLM_EMBEDDER_BENCH = BenchRecipe(
+    inputs=_embedder_inputs,
+    e2e={"e2e": lambda obj, x, b, s: obj.encode_corpus(x["corpus"], batch_size=b, max_length=s),
+         "e2e-queries": lambda obj, x, b, s: obj.encode_queries(x["queries"], batch_size=b, max_length=s)},
+    engine_feeds=lambda model, x, s: model.feeds_for(model.tokenizer.encode(x["corpus"], s)),
+    ref_forward=_embedder_forward,  # on the bundle engine's feeds (ref_tensors None)
+    tokens=_embedder_tokens,
+    options={"query_instruction_for_retrieval": QUERY_INSTRUCTION},
+    check="vectors",
+)
+
+
+LLMRerankerFamily.bench_recipe = decoder_reranker_recipe(_llm_rerank_forward)
+LayerwiseRerankerFamily.bench_recipe = decoder_reranker_recipe(_layerwise_forward)
+# the lightweight reranker's forward takes the query and prompt lengths as python lists
+CompressedRerankerFamily.bench_recipe = decoder_reranker_recipe(_lightweight_forward, ("query_lengths", "prompt_lengths"))
+LLMEmbedderFamily.bench_recipe = LLM_EMBEDDER_BENCH

@@ -11,6 +11,7 @@ from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.bench.recipe import BenchRecipe
 from bge_export.options import Option
 
 ARCHITECTURES = {
@@ -56,6 +57,15 @@ class EncoderFamily(Family):
                                                             max_positions=128, seed=1), "bert-other"),
         TestCase("xlmr-64h8-l3", lambda d: tiny_xlmr(d, hidden=64, layers=3, heads=8, intermediate=128, seed=2),
                  "xlmr-other"),
+    )
+    bench_recipe = BenchRecipe(  # encode(texts); the engine on the reference tokenizer's tensors, CLS row
+        inputs=lambda w, b, s: w.texts(b, s),
+        e2e={"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s)},
+        engine_feeds=lambda model, x, s: model.feeds_for(model.tokenizer.encode(x, s)),
+        ref_tensors=lambda ref, x, s, w: hf_tensors(ref, x, s),
+        ref_forward=lambda ref, enc: ref.model(**enc, return_dict=True).last_hidden_state[:, 0],
+        check="vectors",
+        hf_encoder=True,
     )
     summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
                        ("dense", "top10_overlap"), ("dense", "recall@10_reference"), ("dense", "recall@10"),
@@ -155,6 +165,11 @@ class EncoderFamily(Family):
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
         return encoder_golden_values(model, sample)
+
+
+def hf_tensors(ref, texts, max_length: int):
+    """The reference's pre-tokenized tensors of ``texts`` (the bench's engine-only call)."""
+    return ref.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
 
 # --- parity recipe: FlagModel against the bundle -------------------------------------------------------

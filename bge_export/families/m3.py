@@ -11,7 +11,11 @@ from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
 from bge_export.families.base import Family, TensorSpec, TestCase, register_family
-from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint, tiny_xlmr
+from bge_export.bench.recipe import BenchRecipe
+from bge_export.families.encoder import (M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint, hf_tensors,
+                                         tiny_xlmr)
+
+ALL_HEADS = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
 
 
 @register_family
@@ -21,6 +25,14 @@ class M3Family(Family):
     description = "BGE-M3 with dense, sparse and ColBERT heads in one graph: bge-m3"
     checkpoints = ("BAAI/bge-m3",)
     parity_outputs = ("tokens", "dense", "sparse", "colbert", "scores", "golden")
+    bench_recipe = BenchRecipe(  # all three heads
+        inputs=lambda w, b, s: w.texts(b, s),
+        e2e={"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s, **ALL_HEADS)},
+        engine_feeds=lambda model, x, s: model.feeds_for(model.tokenizer.encode(x, s)),
+        ref_tensors=lambda ref, x, s, w: hf_tensors(ref, x, s),
+        ref_forward=lambda ref, enc: ref.model(enc, **ALL_HEADS),
+        check="vectors",  # the dense vectors
+    )
     test_cases = (TestCase("tiny-m3", lambda d: tiny_m3(d), "bge-m3"),)
     summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"),
                        ("sparse", "max_abs"), ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"),

@@ -1,6 +1,7 @@
 """The backend interface and the registry of engine kinds."""
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 from abc import ABC, abstractmethod
@@ -10,12 +11,6 @@ import numpy as np
 
 from runtimes.errors import IncompatibleBundleError, InputError
 
-# engine kind (manifest "engine.kind") -> "module:Class", imported only when a bundle needs it
-_BACKENDS = {
-    "onnxruntime": "runtimes.backends.ort:OrtBackend",
-    "tensorrt": "runtimes.backends.trt:TrtBackend",
-    "openvino": "runtimes.backends.openvino:OpenVinoBackend",
-}
 
 
 # shape buckets (backends that pad ragged calls to a few shapes)
@@ -36,14 +31,31 @@ def sequence_bucket(length: int, limit: int | None) -> int:
     return max(length, min(b, limit)) if limit else b
 
 
+@functools.lru_cache(maxsize=None)
+def backend_classes() -> dict[str, type["Backend"]]:
+    """engine kind (manifest "engine.kind") -> backend class: every module of runtimes/backends/ that defines a
+    Backend subclass with a ``kind`` (a backend is one module; its engine library is imported only when it runs)."""
+    import pkgutil
+
+    import runtimes.backends as package
+
+    found: dict[str, type[Backend]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Backend) and value.__dict__.get("kind"):
+                found[value.kind] = value
+    return found
+
+
 def get_backend_class(kind: str) -> type["Backend"]:
-    if kind not in _BACKENDS:
+    classes = backend_classes()
+    if kind not in classes:
         raise IncompatibleBundleError(
-            f"engine kind '{kind}' is not supported by this runtime (supported: {', '.join(sorted(_BACKENDS))}); "
+            f"engine kind '{kind}' is not supported by this runtime (supported: {', '.join(sorted(classes))}); "
             "upgrade bge-export or rebuild the bundle for a supported target"
         )
-    module, cls = _BACKENDS[kind].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return classes[kind]
 
 
 class Backend(ABC):
@@ -57,6 +69,7 @@ class Backend(ABC):
     model object stays safe to share between threads."""
 
     exclusive = False
+    kind: str = ""  # the manifest's engine.kind this backend runs (set by each backend module's class)
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
                  padding=None, max_length: int | None = None):

@@ -50,6 +50,8 @@ class OpenVinoBackend(Backend):
     """``num_threads`` overrides the manifest's (0: all cores); ``cache_dir`` the compiled-model cache folder
     (None: no cache); ``buckets`` pads to shape buckets (see the module doc)."""
 
+    kind = "openvino"
+
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  num_threads: int | None = None, cache_dir: str | Path | None = "default", buckets: bool | None = None,
                  **options):

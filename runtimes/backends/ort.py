@@ -35,6 +35,8 @@ class OrtBackend(Backend):
     ``io_binding`` (default: on for CUDA) binds fixed per-bucket buffers; ``buckets`` (default: with IO binding)
     pads to shape buckets; ``cuda_graph`` captures one CUDA graph per bucket (CUDA only, needs IO binding)."""
 
+    kind = "onnxruntime"
+
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  intra_op_num_threads: int = 0, allow_spinning: bool = True, providers: list[str] | None = None,
                  io_binding: bool | None = None, buckets: bool | None = None, cuda_graph: bool = False,

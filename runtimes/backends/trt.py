@@ -39,6 +39,7 @@ def pick_profile(profiles: list[dict], length: int) -> int:
 
 
 class TrtBackend(Backend):
+    kind = "tensorrt"
     exclusive = True  # one stream, one shared activation buffer
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
