@@ -22,6 +22,7 @@ class EncoderModel(BundleModel):
     """
 
     output_name = "pooled"  # the graph output holding the pooled vector
+    api_methods = ("encode", "encode_queries", "encode_corpus")
 
     def __init__(
         self,
@@ -100,7 +101,11 @@ class EncoderModel(BundleModel):
             texts = [self.apply_instruction(fmt, instruction, t) for t in texts]
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
         max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
-        pooled = self.run_sorted(texts, batch_size, max_length, output=self.output_name)
+        return self.embed(self.tokenizer.encode(texts, max_length), batch_size, single)
+
+    def embed(self, encoded, batch_size: int, single: bool) -> np.ndarray:
+        """Token sequences -> finished embeddings in input order (the batcher sorts them by length)."""
+        pooled = self.batcher.run(encoded, batch_size, outputs=(self.output_name,)).stack(self.output_name)
         out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
         return out[0] if single else out
 

@@ -15,7 +15,6 @@ import numpy as np
 from runtimes.bundle import Bundle
 from runtimes.encoder import EncoderModel
 from runtimes.errors import IncompatibleBundleError, InputError
-from runtimes.postprocess import finish_embeddings
 from runtimes.reranker import CrossEncoderModel
 from runtimes.tokenizer import Encoded
 
@@ -57,7 +56,7 @@ class LLMRerankerModel(CrossEncoderModel):
                          query_max_length=query_max_length, max_length=max_length, normalize=normalize,
                          backend_options=backend_options)
         self.prompt = self._check_prompt(prompt)
-        self.pad_to_multiple_of = int(self.defaults["pad_to_multiple_of"])
+        self.batcher.pad_to_multiple_of = int(self.defaults["pad_to_multiple_of"])
         self.bos_token_id = self.defaults.get("bos_token_id")
         self.add_bos = bool(self.defaults.get("add_bos"))
         self.sep_ids = self.tokenizer.encode_plain(["\n"])[0]
@@ -100,8 +99,7 @@ class LLMRerankerModel(CrossEncoderModel):
         return out
 
     def score_pairs(self, queries, passages, batch_size, query_max_length, max_length, prompt=None) -> np.ndarray:
-        encoded = self.build_pairs(queries, passages, query_max_length, max_length, prompt)
-        return self.run_encoded(encoded, batch_size, output=self.output_name).astype(np.float64)
+        return self.run_scores(self.build_pairs(queries, passages, query_max_length, max_length, prompt), batch_size)
 
 
 class LayerWiseRerankerModel(LLMRerankerModel):
@@ -233,6 +231,8 @@ class ICLEmbedderModel(LLMEmbedderModel):
     ``suffix`` after a decode / re-encode round trip of the truncated query, exactly as FlagICLModel builds them;
     passages (``encode_corpus`` / ``encode``) are plain text."""
 
+    api_methods = LLMEmbedderModel.api_methods + ("set_examples",)
+
     def __init__(self, bundle: Bundle, *, suffix: str = "\n<response>", examples_for_task: list[dict] | None = None,
                  examples_instruction_format: str = "<instruct>{}\n<query>{}\n<response>{}", **options: Any):
         super().__init__(bundle, **options)
@@ -293,7 +293,4 @@ class ICLEmbedderModel(LLMEmbedderModel):
                 "use fewer or shorter examples, or a smaller query_max_length")
         clean = bool(self.defaults.get("clean_up_tokenization_spaces", False))
         round_trip = [tok.decode(ids, clean) for ids in tok.encode_plain(texts, budget)]
-        encoded = tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max)
-        pooled = self.run_encoded(encoded, batch_size, output=self.output_name)
-        out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
-        return out[0] if single else out
+        return self.embed(tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max), batch_size, single)

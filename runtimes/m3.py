@@ -1,29 +1,36 @@
 """The m3 family's runtime: FlagEmbedding's ``BGEM3FlagModel`` API on an engine bundle.
 
-The graph gives raw heads; everything FlagEmbedding does after the model is reproduced here: truncate_dim then
-L2 normalisation (dense and ColBERT), lexical dicts keyed by ``str(token_id)`` with the max weight over repeats
-(only weights > 0, cls/eos/pad/unk dropped), ColBERT trimmed to the real tokens, and every score.
+The graph gives raw heads; everything FlagEmbedding does after the model is reproduced by runtimes.postprocess:
+truncate_dim then L2 normalisation (dense and ColBERT), lexical dicts keyed by ``str(token_id)`` with the max weight
+over repeats (only weights > 0, cls/eos/pad/unk dropped), ColBERT trimmed to the real tokens, and every score. Token
+sequences go through runtimes.batcher: sorted by length for ``encode``, in FlagEmbedding's own batches for
+``compute_score``.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
+from runtimes.batcher import EngineBatch
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
-from runtimes.postprocess import l2_normalize
+from runtimes.postprocess import (SCORE_KEYS, colbert_score, colbert_token_counts, finish_embeddings,
+                                  lexical_matching_score, lexical_weights, m3_scores, maybe_normalize,
+                                  padded_colbert_scores, sparse_dot, trim_colbert)
 from runtimes.reranker import CrossEncoderModel
 from runtimes.service import BundleModel
 
-SCORE_KEYS = ("colbert", "sparse", "dense", "sparse+dense", "colbert+sparse+dense")
+__all__ = ["M3Model", "SCORE_KEYS"]
 
 
 class M3Model(BundleModel):
     """Drop-in for ``FlagEmbedding.BGEM3FlagModel``: ``encode`` (dict of dense_vecs / lexical_weights /
     colbert_vecs), ``encode_queries``, ``encode_corpus``, ``compute_lexical_matching_score``, ``colbert_score``,
     ``convert_id_to_token`` and ``compute_score`` (the five score kinds)."""
+
+    api_methods = ("encode", "encode_queries", "encode_corpus", "compute_score", "compute_lexical_matching_score",
+                   "colbert_score", "convert_id_to_token")
 
     def __init__(
         self,
@@ -90,24 +97,19 @@ class M3Model(BundleModel):
         max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
 
         encoded = self.tokenizer.encode(texts, max_length)
-        dense, lexical, colbert = [None] * len(texts), [None] * len(texts), [None] * len(texts)
-        order = np.argsort([-len(e.ids) for e in encoded], kind="stable")
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            feeds = self.feeds_for([encoded[i] for i in idx])
-            out = self.backend.infer(feeds)
-            for row, i in enumerate(idx):
-                n = len(encoded[i].ids)
-                if want_d:
-                    dense[i] = out["dense_vecs"][row]
-                if want_s:
-                    lexical[i] = self._lexical(out["token_weights"][row, :n], encoded[i].ids)
-                if want_c:
-                    colbert[i] = self._finish(out["colbert_vecs"][row, 1:n])
+        wanted = [name for name, want in (("dense_vecs", want_d), ("token_weights", want_s), ("colbert_vecs", want_c))
+                  if want]
+
+        def finish(out: dict, item) -> tuple:
+            return (out["dense_vecs"] if want_d else None,
+                    lexical_weights(out["token_weights"], item.ids, self.unused_token_ids) if want_s else None,
+                    self._finish(trim_colbert(out["colbert_vecs"])) if want_c else None)
+
+        dense, lexical, colbert = zip(*self.batcher.map(encoded, batch_size, finish, outputs=wanted))
         result = {
             "dense_vecs": self._finish(np.stack(dense)) if want_d else None,
-            "lexical_weights": lexical if want_s else None,
-            "colbert_vecs": colbert if want_c else None,
+            "lexical_weights": list(lexical) if want_s else None,
+            "colbert_vecs": list(colbert) if want_c else None,
         }
         if single:
             result = {k: (v[0] if v is not None else None) for k, v in result.items()}
@@ -115,35 +117,15 @@ class M3Model(BundleModel):
 
     def _finish(self, vecs: np.ndarray) -> np.ndarray:
         """FlagEmbedding's order: truncate_dim first, then L2 normalisation (zero vectors stay zero)."""
-        out = np.asarray(vecs, dtype=np.float32)
-        if self.truncate_dim is not None:
-            out = out[..., :self.truncate_dim]
-        return np.ascontiguousarray(l2_normalize(out) if self.normalize_embeddings else out)
-
-    def _lexical(self, weights: np.ndarray, ids: list[int]) -> dict:
-        result = defaultdict(int)
-        for w, tid in zip(weights.astype(np.float32), ids):
-            if tid not in self.unused_token_ids and w > 0:
-                key = str(tid)
-                if w > result[key]:
-                    result[key] = w
-        return result
+        return finish_embeddings(vecs, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
 
     # --- scores --------------------------------------------------------------------------------------
     @staticmethod
     def compute_lexical_matching_score(lexical_weights_1, lexical_weights_2):
-        def one(a: dict, b: dict):
-            score = 0
-            for token, weight in a.items():
-                if token in b:
-                    score += weight * b[token]
-            return score
-
-        if isinstance(lexical_weights_1, dict) and isinstance(lexical_weights_2, dict):
-            return one(lexical_weights_1, lexical_weights_2)
-        if isinstance(lexical_weights_1, list) and isinstance(lexical_weights_2, list):
-            return np.array([[one(a, b) for b in lexical_weights_2] for a in lexical_weights_1])
-        raise InputError("compute_lexical_matching_score takes two lexical-weight dicts or two lists of them")
+        score = lexical_matching_score(lexical_weights_1, lexical_weights_2)
+        if score is None:
+            raise InputError("compute_lexical_matching_score takes two lexical-weight dicts or two lists of them")
+        return score
 
     @staticmethod
     def colbert_score(q_reps, p_reps) -> float:
@@ -151,7 +133,7 @@ class M3Model(BundleModel):
         q, p = np.asarray(q_reps, dtype=np.float32), np.asarray(p_reps, dtype=np.float32)
         if q.ndim != 2 or p.ndim != 2 or q.shape[1] != p.shape[1] or len(q) == 0 or len(p) == 0:
             raise InputError(f"colbert_score takes two (n, dim) arrays with the same dim, got {q.shape} and {p.shape}")
-        return float((q @ p.T).max(axis=1).sum() / q.shape[0])
+        return colbert_score(q, p)
 
     def convert_id_to_token(self, lexical_weights):
         items = [lexical_weights] if isinstance(lexical_weights, dict) else list(lexical_weights)
@@ -174,33 +156,32 @@ class M3Model(BundleModel):
         w = [1.0, 1.0, 1.0] if weights_for_different_modes is None else [float(x) for x in weights_for_different_modes]
         if len(w) != 3:
             raise InputError(f"weights_for_different_modes must hold 3 weights (dense, sparse, colbert), got {w}")
+        # FlagEmbedding's batch composition: the caller's order, batch_size pairs at a time, queries and passages
+        # as separate engine batches (run lazily: chunk k's queries, then its passages, then chunk k + 1)
+        queries = self.batcher.batches(self.tokenizer.encode([a for a, _ in pairs], q_len), batch_size,
+                                       keep_order=True)
+        passages = self.batcher.batches(self.tokenizer.encode([b for _, b in pairs], p_len), batch_size,
+                                        keep_order=True)
         scores = {k: [] for k in SCORE_KEYS}
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            q = self._raw(self.tokenizer.encode([a for a, _ in chunk], q_len))
-            p = self._raw(self.tokenizer.encode([b for _, b in chunk], p_len))
-            dense = (q["dense"] * p["dense"]).sum(-1)
-            sparse = np.array([self._sparse_dot(q["sparse"][i], p["sparse"][i]) for i in range(len(chunk))])
-            colbert = np.array([(q["colbert"][i] @ p["colbert"][i].T).max(axis=1).sum() / q["n"][i]
-                                for i in range(len(chunk))])
-            scores["colbert"] += colbert.tolist()
-            scores["sparse"] += sparse.tolist()
-            scores["dense"] += dense.tolist()
-            scores["sparse+dense"] += ((sparse * w[1] + dense * w[0]) / (w[1] + w[0])).tolist()
-            scores["colbert+sparse+dense"] += ((colbert * w[2] + sparse * w[1] + dense * w[0]) / sum(w)).tolist()
+        for q_batch, p_batch in zip(queries, passages):
+            for k, v in self._pair_scores(q_batch, p_batch, w).items():
+                scores[k] += v
         scores = {k: [float(x) for x in v] for k, v in scores.items()}
         return {k: v[0] for k, v in scores.items()} if single else scores
 
-    def _raw(self, encoded) -> dict:
-        """One padded batch in input order: normalised dense, per-text id->max weight, padded ColBERT rows."""
-        feeds = self.feeds_for(encoded)
-        out = self.backend.infer(feeds)
-        norm = l2_normalize if self.normalize_embeddings else (lambda x: np.asarray(x, dtype=np.float32))
-        sparse = [self._lexical(out["token_weights"][row, :len(e.ids)], e.ids) for row, e in enumerate(encoded)]
-        mask = feeds["attention_mask"]
-        return {"dense": norm(out["dense_vecs"]), "sparse": sparse, "colbert": norm(out["colbert_vecs"][:, 1:]),
-                "n": mask[:, 1:].sum(-1).astype(np.float64)}
+    def _pair_scores(self, q: EngineBatch, p: EngineBatch, weights) -> dict[str, list[float]]:
+        """The five scores of the pairs (q row i, p row i) of two padded batches: ColBERT on the padded rows (the
+        finishing step FlagEmbedding's batch composition asks for), the rest per pair."""
+        def side(batch: EngineBatch) -> dict:
+            out = batch.outputs
+            return {"dense": maybe_normalize(out["dense_vecs"], self.normalize_embeddings),
+                    "sparse": [lexical_weights(batch.output("token_weights", row), item.ids, self.unused_token_ids)
+                               for row, item in enumerate(batch.items)],
+                    "colbert": maybe_normalize(trim_colbert(out["colbert_vecs"]), self.normalize_embeddings),
+                    "n": colbert_token_counts(batch.feeds["attention_mask"])}
 
-    @staticmethod
-    def _sparse_dot(a: dict, b: dict) -> float:
-        return float(sum(float(w) * float(b[t]) for t, w in a.items() if t in b))
+        qs, ps = side(q), side(p)
+        dense = (qs["dense"] * ps["dense"]).sum(-1)
+        sparse = np.array([sparse_dot(a, b) for a, b in zip(qs["sparse"], ps["sparse"])])
+        colbert = padded_colbert_scores(qs["colbert"], qs["n"], ps["colbert"])
+        return m3_scores(dense, sparse, colbert, weights)

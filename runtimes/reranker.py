@@ -7,16 +7,16 @@ import numpy as np
 
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
+from runtimes.postprocess import sigmoid
 from runtimes.service import BundleModel
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
 
 class CrossEncoderModel(BundleModel):
     """Drop-in for ``FlagEmbedding.FlagReranker``: ``compute_score(pairs, normalize=False)`` returns a list of
     floats, one per (query, passage) pair, even for a single pair."""
+
+    api_methods = ("compute_score",)
+    output_name = "score"  # the graph output holding each pair's score
 
     def __init__(
         self,
@@ -73,7 +73,12 @@ class CrossEncoderModel(BundleModel):
 
     def score_pairs(self, queries, passages, batch_size, query_max_length, max_length) -> np.ndarray:
         encoded = self.tokenizer.encode_pairs(queries, passages, query_max_length, max_length)
-        return self.run_encoded(encoded, batch_size, output="score").astype(np.float64)
+        return self.run_scores(encoded, batch_size)
+
+    def run_scores(self, encoded, batch_size: int) -> np.ndarray:
+        """Token sequences -> the graph's scores in input order, float64 (the batcher sorts them by length)."""
+        results = self.batcher.run(encoded, batch_size, outputs=(self.output_name,))
+        return results.stack(self.output_name).astype(np.float64)
 
     @staticmethod
     def format_scores(scores: np.ndarray):

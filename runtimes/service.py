@@ -1,31 +1,47 @@
-"""What every family's runtime shares: bundle + backend + tokenizer, input checks and length-sorted batching."""
+"""What every family's runtime shares: bundle + backend + tokenizer + batcher, and input checks."""
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
 from runtimes.backends import get_backend_class
+from runtimes.batcher import Batcher
 from runtimes.bundle import Bundle
 from runtimes.errors import IncompatibleBundleError, InputError
 from runtimes.tokenizer import Tokenizer
 
 
-# Public methods of FlagEmbedding's classes -> the class, so that calling one on a bundle of another family
-# says what the bundle is instead of raising a bare AttributeError.
-API_METHODS = {
-    "encode": "FlagModel", "encode_queries": "FlagModel", "encode_corpus": "FlagModel",
-    "compute_score": "FlagReranker", "compute_lexical_matching_score": "BGEM3FlagModel",
-    "colbert_score": "BGEM3FlagModel", "convert_id_to_token": "BGEM3FlagModel", "set_examples": "FlagICLModel",
-}
+@functools.cache
+def method_apis() -> dict[str, str]:
+    """Public methods of FlagEmbedding's classes -> the class, so that calling one on a bundle of another family
+    says what the bundle is instead of raising a bare AttributeError. Derived from the runtime classes'
+    ``api_methods``: a method belongs to the first API of ``runtimes.RUNTIME_APIS`` whose class declares it."""
+    import runtimes
+
+    table: dict[str, str] = {}
+    for api in runtimes.RUNTIME_APIS:
+        for name in runtimes.runtime_class(api).api_methods:
+            table.setdefault(name, api)
+    return table
+
+
+def __getattr__(name: str):
+    if name == "API_METHODS":  # the table, as this module used to spell it
+        return method_apis()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BundleModel:
+    api_methods: tuple[str, ...] = ()  # the FlagEmbedding API methods this class serves (see method_apis())
+
     def __getattr__(self, name: str):
-        if name in API_METHODS and "manifest" in self.__dict__:
-            m = self.__dict__["manifest"]
+        if "manifest" in self.__dict__ and not name.startswith("__") and name in method_apis():
+            m, owner = self.__dict__["manifest"], method_apis()[name]
             raise IncompatibleBundleError(
-                f"{name}() belongs to FlagEmbedding's {API_METHODS[name]} API, but this bundle is a {m.family} "
+                f"{name}() belongs to FlagEmbedding's {owner} API, but this bundle is a {m.family} "
                 f"bundle with the {m.runtime['api']} API ({type(self).__name__}); load a bundle built from a "
-                f"{API_METHODS[name]} checkpoint, or use this one's own methods"
+                f"{owner} checkpoint, or use this one's own methods"
             )
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -47,6 +63,7 @@ class BundleModel:
                                    padding=self.tokenizer, max_length=self.max_supported_length,
                                    **(backend_options or {}))
         self.input_names = [s["name"] for s in m.io["inputs"]]
+        self.batcher = Batcher(self.backend, self.tokenizer, self.input_names)
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -124,27 +141,15 @@ class BundleModel:
         """FlagEmbedding's rule: a literal backslash-n in the format becomes a newline, then str.format."""
         return instruction_format.replace("\\n", "\n").format(instruction, text)
 
-    # --- batching -------------------------------------------------------------------------------------
-    pad_to_multiple_of: int | None = None
+    # --- batching: runtimes.batcher --------------------------------------------------------------------
+    @property
+    def pad_to_multiple_of(self) -> int | None:
+        return self.batcher.pad_to_multiple_of
+
+    @pad_to_multiple_of.setter
+    def pad_to_multiple_of(self, value: int | None) -> None:
+        self.batcher.pad_to_multiple_of = value
 
     def feeds_for(self, encoded) -> dict[str, np.ndarray]:
-        padded = self.tokenizer.pad(encoded, self.pad_to_multiple_of)
-        for name in encoded[0].extra:
-            padded[name] = np.array([e.extra[name] for e in encoded], dtype=np.int64)
-        return {name: padded[name] for name in self.input_names}
-
-    def run_sorted(self, texts: list[str], batch_size: int, max_length: int, *, output: str) -> np.ndarray:
-        """Tokenize, sort by descending length, run padded batches, and return ``output`` in input order."""
-        return self.run_encoded(self.tokenizer.encode(texts, max_length), batch_size, output=output)
-
-    def run_encoded(self, encoded, batch_size: int, *, output: str) -> np.ndarray:
-        """Sort token sequences by descending length, run padded batches, return ``output`` in input order."""
-        order = np.argsort([-len(e.ids) for e in encoded], kind="stable")
-        chunks = []
-        for start in range(0, len(order), batch_size):
-            batch = [encoded[i] for i in order[start : start + batch_size]]
-            chunks.append(self.backend.infer(self.feeds_for(batch))[output])
-        out = np.concatenate(chunks, axis=0)
-        result = np.empty_like(out)
-        result[order] = out
-        return result
+        """The engine feeds of one padded batch of token sequences (benchmarks feed engines with these)."""
+        return self.batcher.feeds(encoded)
