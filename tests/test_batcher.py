@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from runtimes.batcher import Batcher
+from runtimes.errors import InputError
 from runtimes.tokenizer import Encoded, Tokenizer
 
 
@@ -56,7 +57,7 @@ def test_sorted_batches_give_every_output_back_in_input_order(side):
         assert out["ids"].tolist() == e.ids  # cut to the item's own positions on its padding side
         assert out["pairs"][:, 0].tolist() == e.ids
     assert results.stack("total").tolist() == [sum(e.ids) for e in seqs]
-    with pytest.raises(ValueError, match="sequence axis"):
+    with pytest.raises(InputError, match="sequence axis"):
         results.stack("ids")
     assert results[-1]["ids"].tolist() == seqs[-1].ids
     assert [r["ids"].tolist() for r in results[1:3]] == [seqs[1].ids, seqs[2].ids]
