@@ -16,6 +16,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 EMBEDDED_DEFAULT = "embedded:all-MiniLM-L6-v2"
 
 
+
+_WEIGHT_HASHES: dict[tuple, str] = {}  # (path, size, mtime) of each weight file -> sha256
 @dataclass(frozen=True)
 class Checkpoint:
     path: Path
@@ -32,6 +34,13 @@ class Checkpoint:
             f in WEIGHT_FILES or f.endswith(".safetensors") or (f.startswith("pytorch_model-") and f.endswith(".bin")))]
 
     def weights_sha256(self) -> str:
+        """sha256 over the weight files' names and bytes (remembered per process while the files are unchanged)."""
+        stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(self.weight_files))
+        if stamp not in _WEIGHT_HASHES:
+            _WEIGHT_HASHES[stamp] = self._hash_weights()
+        return _WEIGHT_HASHES[stamp]
+
+    def _hash_weights(self) -> str:
         h = hashlib.sha256()
         for p in sorted(self.weight_files):
             h.update(p.name.encode())

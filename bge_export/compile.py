@@ -13,7 +13,7 @@ from pathlib import Path
 from bge_export import __version__
 from bge_export.build.targets import Target, check_build_options, get_target, target_precision
 from bge_export.checkpoint import Checkpoint, load_tokenizer, resolve_checkpoint
-from bge_export.errors import OutputError, ParityError, UnsupportedTargetError
+from bge_export.errors import OutputError, ParityError, UnsupportedFamilyError, UnsupportedTargetError
 from bge_export.families import recognise
 from bge_export.families.base import Family
 from runtimes._optional import require
@@ -49,13 +49,22 @@ def tool_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf", "tokenizers",
-                 "FlagEmbedding"):
+    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+                 "tensorrt", "tokenizers", "FlagEmbedding"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def host_facts() -> dict:
+    """What the builders read from the build machine: the machine type and the CPU's int8 / bf16 instructions
+    (ort-cpu-int8 picks signed or unsigned weights by VNNI)."""
+    from runtimes.cpu import capabilities
+
+    cpu = capabilities()
+    return {"machine": platform.machine(), "vnni": str(bool(cpu["vnni"])), "bf16": str(bool(cpu["bf16"]))}
 
 
 def default_out_dir(ckpt: Checkpoint, target: str) -> Path:
@@ -97,10 +106,12 @@ def check_out_dir(out: Path, overwrite: bool) -> Path:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """Everything that decides an engine: the checkpoint's weights, the family and its export-time variant, the
-    target, the precision and export dtype, the builder's options, and the versions of bge-export and the tools.
-    ``key()`` hashes them; the manifest records both, so two bundles with equal keys hold equal engines (the way
-    Torch-TensorRT keys its engine cache). Builder options left at None are not part of it (defaults apply)."""
+    """Everything bge-export decides an engine from: the checkpoint's weights, the family and its export-time
+    variant, the target, the precision and export dtype, the builder's options, the versions of bge-export and the
+    tools, and the host facts the builders read (the CPU's int8 and bf16 instructions). ``key()`` hashes them and
+    the manifest records both: two builds with equal keys are the same build (the way Torch-TensorRT keys its
+    engine cache). A TensorRT engine also depends on the GPU it was built on, which its manifest's engine section
+    records. Builder options left at None are not part of it (defaults apply)."""
 
     family: str
     weights_sha256: str
@@ -110,25 +121,24 @@ class BuildSettings:
     export_dtype: str
     options: tuple[tuple[str, str], ...] = ()  # the builder's options that were set: (name, JSON value), sorted
     tools: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(sorted(tool_versions().items())))
+    host: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(sorted(host_facts().items())))
     bge_export_version: str = __version__
 
     @staticmethod
     def of(family: Family, target: Target, options: dict) -> "BuildSettings":
         def frozen(d: dict) -> tuple:
-            return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items() if v is not None))
+            return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()
+                                if v is not None))
 
         return BuildSettings(family.name, family.ckpt.weights_sha256(), frozen(family.variant), target.name,
                              bundle_precision(family, target), family.export_dtype(), frozen(options))
 
-    @property
-    def builder_options(self) -> dict:
-        return {k: json.loads(v) for k, v in self.options}
-
     def to_json(self) -> dict:
         return {"family": self.family, "weights_sha256": self.weights_sha256, "target": self.target,
                 "precision": self.precision, "export_dtype": self.export_dtype,
-                "variant": {k: json.loads(v) for k, v in self.variant}, "options": self.builder_options,
-                "tools": dict(self.tools), "bge_export_version": self.bge_export_version}
+                "variant": {k: json.loads(v) for k, v in self.variant},
+                "options": {k: json.loads(v) for k, v in self.options}, "tools": dict(self.tools),
+                "host": dict(self.host), "bge_export_version": self.bge_export_version}
 
     def key(self) -> str:
         import hashlib
@@ -152,6 +162,16 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
     family_cls = recognise(ckpt)
     target_obj = get_target(target)
     options = {k: v for k, v in variant.items() if v is not None}
+    declared = {o.dest for o in family_cls.options}
+    foreign = sorted(k for k in options if k not in declared)
+    if foreign:
+        from bge_export.families.base import variant_options
+
+        flag = {o.dest: o.flag for o in variant_options()}
+        takes = ", ".join(o.flag for o in family_cls.options) or "no export-time options"
+        raise UnsupportedFamilyError(
+            f"{ckpt.path} is a {family_cls.name} checkpoint; the {family_cls.name} family has no option(s) {foreign} "
+            f"({', '.join(flag.get(k, k) for k in foreign)}); it takes {takes}")
     family = family_cls(ckpt, **options)
     get_target(target, family)  # Target.supports: refused with the target's reason
     dtype = family.export_dtype()
@@ -191,10 +211,10 @@ def compile_bundle(
     build_options = {k: v for k, v in (build_options or {}).items() if v is not None}
     variant = {**(variant or {}), **({"pooling": pooling} if pooling is not None else {})}
     family, tgt = prepare(model, target, build_options, **variant)
-    settings = BuildSettings.of(family, tgt, build_options)
-    precision = settings.precision
     ckpt = family.ckpt
     out = check_out_dir(Path(out) if out else default_out_dir(ckpt, target), overwrite)
+    settings = BuildSettings.of(family, tgt, build_options)
+    precision = settings.precision
     info = family.model_info()
     prog.step(f"checkpoint {ckpt.path} -> family '{family.name}' "
               f"({info['model_type']}, {info['num_hidden_layers']} layers, hidden {info['hidden_size']}), "
@@ -222,7 +242,7 @@ def compile_bundle(
         else:
             prog.step(f"reusing the ONNX export {exported.path}")
         prog.step(f"building target {tgt.name}: {tgt.description}")
-        built = tgt.build_fn()(family, exported, tmp, prog.info, **settings.builder_options)
+        built = tgt.build_fn()(family, exported, tmp, prog.info, **build_options)
         if (tmp / "_export").exists():
             shutil.rmtree(tmp / "_export")
         prog.step("writing the bundle (manifest, tokenizer, model)")

@@ -11,10 +11,6 @@ from importlib import resources
 from typing import NamedTuple
 
 
-# FlagEmbedding's pure calls (same checkpoint, variant, options, state and arguments give the same result)
-_MEMO_METHODS = frozenset({"encode", "encode_queries", "encode_corpus", "compute_score", "convert_id_to_token",
-                           "compute_lexical_matching_score", "colbert_score"})
-_STATE_METHODS = frozenset({"set_examples"})  # calls that change what later calls return
 _REFERENCE_RESULTS: dict[tuple, object] = {}
 
 
@@ -27,7 +23,7 @@ def _digest(*parts) -> str:
 class CachedReference:
     """FlagEmbedding's reference object for one parity run. Its pure calls are remembered for the process, keyed
     on the checkpoint's weights, the family's variant, the constructor options, the state-changing calls made so
-    far (set_examples) and the arguments, so that parity of several targets of one checkpoint (the test suite,
+    far and the arguments (the family declares which calls are pure and which change state), so that parity of several targets of one checkpoint (the test suite,
     `bge-export bench` checks) runs FlagEmbedding once. The real object is built on the first call it must
     answer, and replays this run's state-changing calls; every run starts from a fresh object's state."""
 
@@ -47,9 +43,9 @@ class CachedReference:
     def __getattr__(self, name: str):
         if name.startswith("_"):
             raise AttributeError(name)
-        if name in _MEMO_METHODS:
+        if name in self._family.reference_calls:
             return functools.partial(self._memo, name)
-        if name in _STATE_METHODS:
+        if name in self._family.reference_state_calls:
             def change(*args, **kwargs):
                 self._state.append((name, args, kwargs))
                 return None if self._obj is None else getattr(self._obj, name)(*args, **kwargs)

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
+
 def _flag():
     from runtimes._optional import require
 
     return require("FlagEmbedding")
 
 
-def _cpu_fp32(kwargs: dict) -> dict:
-    return {"use_fp16": False, "devices": "cpu", **kwargs}
-
-
 def flag(api: str, path, **kwargs: Any):
     """FlagEmbedding's class ``api`` on the checkpoint at ``path`` as shipped, fp32 on CPU. Families whose class
-    needs a compatibility fix build their reference in their own ``Family.reference`` (families/decoders.py)."""
-    return getattr(_flag(), api)(str(path), **_cpu_fp32(kwargs))
+    needs a compatibility fix build their reference in their own ``Family.reference`` (e.g. families/layerwise_reranker.py)."""
+    return flag_class(api)(str(path), **cpu_fp32(kwargs))
 
 
 def flag_class(api: str):
@@ -32,7 +29,7 @@ def flag_class(api: str):
 
 def cpu_fp32(kwargs: dict) -> dict:
     """FlagEmbedding constructor options for the fp32 CPU reference, ``kwargs`` on top."""
-    return _cpu_fp32(kwargs)
+    return {"use_fp16": False, "devices": "cpu", **kwargs}
 
 
 def pin_attention(model, attn_implementation: str) -> None:

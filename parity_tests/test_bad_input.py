@@ -101,7 +101,7 @@ def test_trt_target_without_tensorrt_says_what_works(capsys, tiny_ckpt):
 
 
 def test_fp16_target_refused_for_gemma(capsys, tmp_path):
-    from bge_export.families.decoders import tiny_gemma_reranker
+    from bge_export.families.llm_reranker import tiny_gemma_reranker
 
     ckpt = tiny_gemma_reranker(tmp_path / "gemma")
     _fails(capsys, ["--model", str(ckpt), "--target", "onnx-fp16"], "Gemma", "--target trt-bf16",
@@ -118,7 +118,7 @@ def test_trt_options_on_a_non_trt_target(capsys, tiny_ckpt):
 
 
 def test_openvino_targets_convert_the_fp32_export(capsys, tmp_path):
-    from bge_export.families.decoders import tiny_gemma_reranker
+    from bge_export.families.llm_reranker import tiny_gemma_reranker
 
     ckpt = tiny_gemma_reranker(tmp_path / "gemma")
     _fails(capsys, ["--model", str(ckpt), "--target", "ov-cpu-bf16", "--export-dtype", "bf16"],

@@ -11,7 +11,7 @@ import pytest
 
 import runtimes
 from bge_export import reference
-from bge_export.families import decoders
+from bge_export.families import compressed_reranker, layerwise_reranker, llm_embedder
 from bge_export.parity_run import parity_texts, quiet_stderr
 from runtimes.errors import IncompatibleBundleError, InputError
 
@@ -75,7 +75,7 @@ def test_llm_reranker_graph_has_no_vocabulary_output(bundle):
 
 def test_layerwise_scores_per_cutoff_and_subsets(bundle):
     res = bundle("tiny-layerwise", "ort-cpu")
-    ref, model = decoders.layerwise_reference(_path(res)), runtimes.load(res.bundle)
+    ref, model = layerwise_reranker.layerwise_reference(_path(res)), runtimes.load(res.bundle)
     with quiet_stderr():
         want_all = ref.compute_score(PAIRS, cutoff_layers=[2, 3, 4])
         want_one = ref.compute_score(PAIRS, cutoff_layers=[3])
@@ -102,7 +102,7 @@ def test_layerwise_refuses_what_the_bundle_was_not_built_for(bundle):
 
 def test_lightweight_matches_with_the_bundles_compression(bundle):
     res = bundle("tiny-lightweight", "ort-cpu")
-    ref, model = decoders.lightweight_reference(_path(res)), runtimes.load(res.bundle)
+    ref, model = compressed_reranker.lightweight_reference(_path(res)), runtimes.load(res.bundle)
     settings = {"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]}
     with quiet_stderr():
         want = ref.compute_score(PAIRS, **settings)
@@ -141,7 +141,7 @@ def test_reranker_prompt_too_long_for_the_position_limit(bundle):
                                      {"truncate_dim": 16}, {"normalize_embeddings": False}])
 def test_llm_embedder_matches_flagllmmodel(bundle, options):
     res = bundle("tiny-gemma2-embedder", "ort-cpu")
-    ref = decoders.llm_embedder_reference(_path(res), **options)
+    ref = llm_embedder.llm_embedder_reference(_path(res), **options)
     model = runtimes.load(res.bundle, **options)
     with quiet_stderr():
         q, c = ref.encode_queries(TEXTS), ref.encode_corpus(TEXTS)
@@ -156,7 +156,7 @@ def test_icl_embedder_examples_and_round_trip(bundle):
     res = bundle("tiny-icl", "ort-cpu")
     examples = [{"instruct": "Retrieve answers.", "query": "what is a volcano", "response": "An opening in the crust."}]
     opts = {"query_instruction_for_retrieval": "Retrieve answers.", "examples_for_task": examples}
-    ref, model = decoders.icl_embedder_reference(_path(res), **opts), runtimes.load(res.bundle, **opts)
+    ref, model = llm_embedder.icl_embedder_reference(_path(res), **opts), runtimes.load(res.bundle, **opts)
     with quiet_stderr():
         want = ref.encode_queries(TEXTS, max_length=24)  # short: the truncation + decode round trip matters
         want_c = ref.encode_corpus(TEXTS)

@@ -8,7 +8,7 @@ import pytest
 
 import runtimes
 from bge_export.build.targets import CPU_TARGETS
-from parity_tests.conftest import CASE_VARIANTS, CASES
+from parity_tests.conftest import CASE_VARIANTS, CASES, TEST_CASES
 
 
 # Random weights at initializer_range 0.5 with hidden 48 / 3 heads give attention logits so large that softmax is
@@ -17,30 +17,22 @@ from parity_tests.conftest import CASE_VARIANTS, CASES
 HYPERSENSITIVE = {("bert-48h3-l3-pos128", "ort-cpu-int8")}
 
 
-# The GPU targets' graphs, parity-checked here on ONNX Runtime CPU (the CUDA kernels need a GPU: test_gpu_engines.py):
-# one case per family, two for the encoders (real weights gate retrieval). The Gemma-based cases have no fp16
+# The GPU targets' graphs, parity-checked here on ONNX Runtime CPU (the CUDA kernels need a GPU: test_gpu_engines.py),
+# on the cases whose TestCase.targets name them: one case per family, two for the encoders (real weights gate
+# retrieval). The Gemma-based cases have no fp16
 # targets (bf16 instead, which ONNX Runtime CPU cannot run); their int8 QDQ graph is checked like the others.
-GPU_GRAPH_CASES = {
-    "minilm-real": ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
-    "tiny-xlmr": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
-    "tiny-reranker-xlmr": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
-    "tiny-m3": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
-    "tiny-llm-reranker": ("onnx-int8",),
-    "tiny-layerwise": ("ort-cuda-fp16", "onnx-fp16", "onnx-int8"),
-    "tiny-lightweight": ("onnx-int8",),
-    "tiny-gemma2-embedder": ("onnx-int8",),
-    "tiny-icl": ("ort-cuda-fp16", "onnx-int8"),
-}
+GPU_GRAPH = ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")
+GPU_GRAPH_CASES = {name: tuple(t for t in case.targets if t in GPU_GRAPH) for name, case in TEST_CASES.items()
+                   if set(case.targets) & set(GPU_GRAPH)}
 # Measured limits on these random-weight checkpoints, each asserted by its own test below instead:
 # - the fused fp16 cross-encoder graph on ONNX Runtime CPU reaches 5.9e-3 of the score spread (gate 5e-3; the
 #   standard-op onnx-fp16 graph passes at 4e-3);
 # - static QDQ int8 on the tiny m3 keeps dense / colbert / scores but its sparse top-10 ids overlap 0.86 (< 0.9).
 MEASURED_LIMITS = {("tiny-reranker-xlmr", "ort-cuda-fp16"), ("tiny-m3", "onnx-int8")}
-# The OpenVINO targets: ov-cpu on every case (the fp32 gates, like ort-cpu); int8 and bf16 on one case per family
-# and on the real MiniLM (the retrieval gate). bf16 parity runs on CPUs with bf16 (AMX / AVX512-BF16); elsewhere
+# The OpenVINO targets: ov-cpu on every case (the fp32 gates, like ort-cpu); int8 and bf16 on the cases whose
+# TestCase.targets name them (one case per family and the real MiniLM: the retrieval gate). bf16 parity runs on CPUs with bf16 (AMX / AVX512-BF16); elsewhere
 # the build must say why it skipped parity (test_ov_bf16_parity_or_a_clear_skip).
-OV_CASES = ("minilm-real", "tiny-xlmr", "tiny-reranker-xlmr", "tiny-m3", "tiny-llm-reranker", "tiny-layerwise",
-            "tiny-lightweight", "tiny-gemma2-embedder", "tiny-icl")
+OV_CASES = tuple(name for name, case in TEST_CASES.items() if "ov-cpu-int8" in case.targets)
 PARITY_PARAMS = [(c, t) for c in CASES for t in CPU_TARGETS + ("ov-cpu",)] + [
     (c, "ov-cpu-int8") for c in OV_CASES] + [
     (c, t) for c, ts in GPU_GRAPH_CASES.items() for t in ts if (c, t) not in MEASURED_LIMITS]
@@ -247,7 +239,7 @@ def test_reference_results_are_shared_between_runs_but_state_is_not(checkpoint_d
     """Parity of several targets runs FlagEmbedding once per checkpoint (cached_reference); a run that changed the
     reference's state (FlagICLModel.set_examples) does not leak it into the next run."""
     from bge_export.compile import prepare
-    from bge_export.families.decoders import ICL_EXAMPLES
+    from bge_export.families.llm_embedder import ICL_EXAMPLES
     from bge_export.parity_run import cached_reference
 
     family, _ = prepare(checkpoint_dir("tiny-icl"), "onnx", **CASE_VARIANTS.get("tiny-icl", {}))

@@ -117,7 +117,8 @@ class M3Model(BundleModel):
 
     def _finish(self, vecs: np.ndarray) -> np.ndarray:
         """FlagEmbedding's order: truncate_dim first, then L2 normalisation (zero vectors stay zero)."""
-        return finish_embeddings(vecs, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
+        # a copy: a view would keep its whole engine batch alive after batcher.map drops it
+        return np.array(finish_embeddings(vecs, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings))
 
     # --- scores --------------------------------------------------------------------------------------
     @staticmethod

@@ -217,7 +217,7 @@ def _time_cell(settings: BenchSettings, recipe: BenchRecipe, contenders: list[Co
                "peak_fraction": flops / med / 1e9 / peaks[peak_of[name]], "repeats": len(xs)}
         ref_key = next((k for k in results if k[1] == mode and k[0].startswith("FlagEmbedding")), None)
         if mode != "engine" and ref_key and ref_key[0] != name:
-            row.update(output_check(recipe.check, results[(name, mode)], results[ref_key]))
+            row.update(output_check(recipe, results[(name, mode)], results[ref_key]))
         cell.append(row)
     for mode in modes:
         ref = next((r for r in cell if r["mode"] == mode and r["contender"].startswith("FlagEmbedding")), None)
@@ -234,19 +234,20 @@ def _percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
 
-def _as_array(out) -> np.ndarray | None:
-    """A public call's result as a float array for the sanity check (m3: its dense vectors)."""
-    if isinstance(out, dict):
-        out = out.get("dense_vecs")
+def _as_array(out, pick=None) -> np.ndarray | None:
+    """A public call's result (the part ``pick`` takes, where the recipe says) as a float array, or None."""
+    if pick is not None:
+        out = pick(out)
     try:
         return np.asarray(out, dtype=np.float64)
     except (TypeError, ValueError):
         return None
 
 
-def output_check(kind: str, got, ref) -> dict:
+def output_check(recipe: BenchRecipe, got, ref) -> dict:
     """How far a contender's public-call result is from FlagEmbedding's on the same inputs."""
-    g, r = _as_array(got), _as_array(ref)
+    kind = recipe.check
+    g, r = _as_array(got, recipe.check_value), _as_array(ref, recipe.check_value)
     if g is None or r is None or g.shape != r.shape:
         return {}
     out = {"check_max_abs": float(np.abs(g - r).max())}

@@ -49,6 +49,8 @@ class BenchRecipe:
     options: Mapping[str, Any] = field(default_factory=dict)
     # what the sanity check compares: "vectors" (cosine + max abs) or "scores" (max abs relative to the spread)
     check: Literal["vectors", "scores"] = "vectors"
+    # the part of a public call's result the sanity check compares (e.g. one head of a dict result); None: all
+    check_value: Callable[[Any], Any] | None = None
     # a plain Hugging Face encoder whose pooled hidden state is the output: the peers that export or cast the
     # checkpoint themselves (optimum, optimum-intel, torch bf16 end to end) can run it
     hf_encoder: bool = False

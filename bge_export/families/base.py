@@ -33,16 +33,21 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class TestCase:
+    __test__ = False  # not a pytest class
+
     """A checkpoint the test suite builds for a family: ``build(folder)`` writes the real on-disk layout with random
     (or, ``trained``, real) weights into ``folder`` and returns the checkpoint folder. ``folder`` is the basename it
     gets (FlagEmbedding's auto classes dispatch on it); ``variant`` the export-time options the case is built with;
-    ``trained`` cases have real weights, so retrieval statistics are gated on them."""
+    ``trained`` cases have real weights, so retrieval statistics are gated on them. Every case is parity-checked
+    on the CPU targets (onnx, ort-cpu, ort-cpu-int8, ov-cpu); ``targets`` adds more (ov-cpu-int8 / ov-cpu-bf16 and
+    the GPU targets' graphs, checked on ONNX Runtime CPU), typically on one case per family."""
 
     name: str
     build: Callable[[Path], Path]
     folder: str
     variant: dict = field(default_factory=dict, hash=False)
     trained: bool = False
+    targets: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, type["Family"]] = {}
@@ -63,6 +68,12 @@ class Family:
     # the checkpoints the test suite builds for this family (at least one) and the (output, metric) columns of
     # its parity summary table
     test_cases: ClassVar[tuple[TestCase, ...]] = ()
+    # every FlagEmbedding API the family may serve (a family may pick one per checkpoint: the LLM embedders)
+    reference_apis: ClassVar[tuple[str, ...]] = ()
+    # the reference's pure calls (remembered per process by parity_run.CachedReference) and the calls that change
+    # what later calls return (replayed on a fresh reference)
+    reference_calls: ClassVar[tuple[str, ...]] = ("encode", "encode_queries", "encode_corpus", "compute_score")
+    reference_state_calls: ClassVar[tuple[str, ...]] = ()
     # how `bge-export bench` drives its FlagEmbedding API (bge_export.bench.recipe.BenchRecipe; None: not benched)
     bench_recipe: ClassVar[Any] = None
     summary_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
@@ -74,6 +85,8 @@ class Family:
         for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs", "test_cases"):
             if not hasattr(cls, attr):
                 raise InternalError(f"family class {cls.__name__} must define '{attr}'")
+        if not cls.__dict__.get("reference_apis"):
+            cls.reference_apis = (cls.reference_api,)
 
     # --- hooks ------------------------------------------------------------------------------------
     @classmethod

@@ -36,7 +36,8 @@ class CrossEncoderFamily(Family):
         ref_forward=lambda ref, enc: ref.model(**enc, return_dict=True).logits,
         check="scores",
     )
-    test_cases = (TestCase("tiny-reranker-xlmr", lambda d: tiny_xlmr_reranker(d), "bge-reranker-v2-m3"),
+    test_cases = (TestCase("tiny-reranker-xlmr", lambda d: tiny_xlmr_reranker(d), "bge-reranker-v2-m3",
+                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),
                   TestCase("tiny-reranker-bert", lambda d: tiny_bert_reranker(d), "bert-cross-encoder"))
     summary_columns = (("score", "max_abs"), ("score", "score_spread"), ("score", "max_abs_rel_spread"),
                        ("score", "spearman"), ("score", "reference_self_max_abs"))

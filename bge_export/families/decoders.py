@@ -1,5 +1,6 @@
-"""The decoder-only families: LLM reranker, layer-wise MiniCPM reranker, token-compressed Gemma2 reranker and the
-LLM embedders (bge-multilingual-gemma2, bge-en-icl).
+"""What the decoder-only families share (bge_export/families/llm_reranker.py, layerwise_reranker.py,
+compressed_reranker.py, llm_embedder.py): config checks, model info, FLOPs, the export dtype variant, the rerankers'
+pair building, parity recipe and bench recipe, and the tiny sentencepiece tokenizers their test checkpoints use.
 
 Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code); prompt building
 stays on the host (runtimes/llm.py), exactly as FlagEmbedding builds it. Cutoff layers, compression settings,
@@ -9,13 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from pathlib import Path
-from typing import Any
 
 from bge_export.bench.recipe import BenchRecipe, Workload
 from bge_export.errors import CheckpointError, InternalError, UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.families.base import Family, TensorSpec
 from bge_export.options import Option
 
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
@@ -23,10 +22,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 LLM_RERANK_PROMPT = ("Given a query A and a passage B, determine whether the passage contains an answer to the query "
                      "by providing a prediction of either 'Yes' or 'No'.")
 LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
-#: what the shimmed lightweight reranker runs: FlagEmbedding's CostWise model uses SDPA (no attention soft-cap)
-#: under both transformers 4.46 and 4.57
-LIGHTWEIGHT_ATTN_IMPLEMENTATION = "sdpa"
-
 
 GROUP = "decoder families (export-time variants, recorded in the manifest)"
 EXPORT_DTYPE = Option("export_dtype", "--export-dtype", "weight dtype of the decoder graph (default fp32; norms, RoPE "
@@ -35,16 +30,6 @@ EXPORT_DTYPE = Option("export_dtype", "--export-dtype", "weight dtype of the dec
 CUTOFF_LAYERS = Option("cutoff_layers", "--cutoff-layers", "layer-wise / lightweight rerankers: the layers to score at, "
                        "e.g. 28,40 (default: the last layer); the graph stops at the deepest one and outputs one score "
                        "per layer", metavar="L1,L2", group=GROUP)
-COMPRESS_RATIO = Option("compress_ratio", "--compress-ratio", "lightweight reranker: average the passage tokens N at a "
-                        "time (default 1: no compression)", metavar="N", type=int, group=GROUP)
-COMPRESS_LAYERS = Option("compress_layers", "--compress-layers", "lightweight reranker: compress before these layers "
-                         "(default: 8, as FlagEmbedding)", metavar="L1,L2", group=GROUP)
-ATTENTION = Option("attention", "--attention", "Gemma2 embedders: eager keeps the attention soft-cap the model was "
-                   "trained with (default), sdpa drops it as transformers' SDPA does; the reference is pinned to the "
-                   "same", choices=("eager", "sdpa"), group=GROUP)
-EMBEDDER_APIS = ("FlagLLMModel", "FlagICLModel")
-EMBEDDER_API = Option("api", "--embedder-api", "decoder embedders: the FlagEmbedding API to serve (default: "
-                      "FlagICLModel for bge-en-icl)", choices=EMBEDDER_APIS, group=GROUP)
 
 
 def parse_layers(value, what: str) -> list[int] | None:
@@ -173,42 +158,6 @@ class DecoderRerankerFamily(DecoderFamily, abstract=True):
         return score_sample_values(model, sample)
 
 
-@register_family
-class LLMRerankerFamily(DecoderRerankerFamily):
-    name = "llm-reranker"
-    reference_api = "FlagLLMReranker"
-    description = "LLM reranker scoring the 'Yes' logit of a causal LM: bge-reranker-v2-gemma"
-    checkpoints = ("BAAI/bge-reranker-v2-gemma",)
-    test_cases = (TestCase("tiny-llm-reranker", lambda d: tiny_gemma_reranker(d), "bge-reranker-v2-gemma"),)
-    model_types = ("gemma", "gemma2", "llama", "mistral")
-
-    @classmethod
-    def matches(cls, ckpt) -> bool:
-        mtype = ckpt.config.get("model_type")
-        return mtype in cls.model_types and (ckpt.config.get("architectures") or [""])[0].endswith("ForCausalLM")
-
-    def make_variant(self, **options: Any) -> dict:
-        variant = self.common_variant(options)
-        ids = self.tokenizer()("Yes", add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise CheckpointError(f"{self.ckpt.path}: the tokenizer has no token for 'Yes'; it is not an LLM reranker")
-        return {**variant, "yes_token_id": int(ids[0])}
-
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec("score", "float32", ("batch",))]
-
-    def torch_module(self, *, reference: bool = False):
-        from bge_export.export.decoders import YesScorer, load_state_dict
-
-        state = load_state_dict(self.ckpt.path)
-        head = state.get("lm_head.weight")
-        if head is None:  # tied embeddings (Gemma)
-            head = state.get("model.embed_tokens.weight", state.get("embed_tokens.weight"))
-        stack = self.build(self.layers_in_graph(), state)
-        return YesScorer(stack, head[self.variant["yes_token_id"]],
-                         self.ckpt.config.get("final_logit_softcapping")).eval()
-
-
 class CutoffRerankerFamily(DecoderRerankerFamily, abstract=True):
     """Rerankers with one scoring head per layer (layer-wise MiniCPM, lightweight Gemma2): the cutoff layers are
     an export-time variant, the graph stops at the deepest one and outputs one score per cutoff."""
@@ -271,326 +220,7 @@ class CutoffRerankerFamily(DecoderRerankerFamily, abstract=True):
         return {"cutoff_layers": list(self.variant["cutoff_layers"])}
 
 
-@register_family
-class LayerwiseRerankerFamily(CutoffRerankerFamily):
-    name = "layerwise-reranker"
-    reference_api = "LayerWiseFlagLLMReranker"
-    description = "layer-wise MiniCPM reranker, one score per cutoff layer: bge-reranker-v2-minicpm-layerwise"
-    checkpoints = ("BAAI/bge-reranker-v2-minicpm-layerwise",)
-    test_cases = (TestCase("tiny-layerwise", lambda d: tiny_minicpm_layerwise(d), "bge-reranker-v2-minicpm-layerwise",
-                           variant={"cutoff_layers": [2, 3, 4]}),)
-    variant_keys = ("export_dtype", "cutoff_layers")
-    required_config = ("start_layer", "scale_emb", "scale_depth", "head_type")
-    original = "bge-reranker-v2-minicpm-layerwise"
-
-    @classmethod
-    def matches(cls, ckpt) -> bool:
-        return ckpt.config.get("model_type") == "minicpm"
-
-    @staticmethod
-    def check_heads(cfg: dict, path) -> None:
-        if cfg["head_type"] != "simple" or not cfg.get("head_multi", True):
-            raise CheckpointError(f"{path}: head_type={cfg['head_type']!r}, head_multi={cfg.get('head_multi')!r}; "
-                                  "FlagEmbedding's layer-wise reranker (and bge-export) serve head_type 'simple' with "
-                                  "one head per layer")
-
-    def make_variant(self, *, cutoff_layers=None, **options: Any) -> dict:
-        return {**self.common_variant(options), "cutoff_layers": self.cutoff_variant(cutoff_layers)}
-
-    def reference(self, **kwargs):
-        return layerwise_reference(self.ckpt.path, **{**self.reference_options(), **kwargs})
-
-    def head_indices(self) -> list[int]:
-        start = int(self.ckpt.config["start_layer"])  # MiniCPM: the head of layer c is lm_head[c - start_layer]
-        return [c - start for c in self.variant["cutoff_layers"]]
-
-    def torch_module(self, *, reference: bool = False):
-        from bge_export.export.decoders import LayerwiseScorer, load_state_dict
-
-        state = load_state_dict(self.ckpt.path)
-        return LayerwiseScorer(self.build(self.layers_in_graph(), state), self.variant["cutoff_layers"],
-                               self.head_weights(state)).eval()
-
-
-@register_family
-class CompressedRerankerFamily(CutoffRerankerFamily):
-    name = "compressed-reranker"
-    reference_api = "LightWeightFlagLLMReranker"
-    description = ("token-compressed Gemma2 reranker with cutoff layers: bge-reranker-v2.5-gemma2-lightweight")
-    checkpoints = ("BAAI/bge-reranker-v2.5-gemma2-lightweight",)
-    test_cases = (TestCase("tiny-lightweight", lambda d: tiny_gemma2_lightweight(d),
-                           "bge-reranker-v2.5-gemma2-lightweight",
-                           variant={"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]}),)
-    variant_keys = ("export_dtype", "cutoff_layers", "compress_ratio", "compress_layers")
-    options = CutoffRerankerFamily.options + (COMPRESS_RATIO, COMPRESS_LAYERS)
-    required_config = ("start_layer", "layer_sep", "layer_wise")
-    original = "bge-reranker-v2.5-gemma2-lightweight"
-    prompt = LIGHTWEIGHT_PROMPT
-    right_padding_only = True
-
-    @classmethod
-    def matches(cls, ckpt) -> bool:
-        return ckpt.config.get("model_type") == "cost_wise_gemma"
-
-    @staticmethod
-    def check_heads(cfg: dict, path) -> None:
-        if not cfg["layer_wise"]:
-            raise CheckpointError(f"{path}: layer_wise is false; FlagEmbedding's lightweight reranker (and "
-                                  "bge-export) need the layer-wise heads")
-
-    def attn_softcap(self) -> bool:
-        # FlagEmbedding runs this model's Gemma2 layers with SDPA attention, which has no attention soft-cap
-        # (reference-semantics §0.6); the graph follows the reference.
-        return False
-
-    def make_variant(self, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any) -> dict:
-        from runtimes.llm import effective_compress_layers
-
-        variant = self.common_variant(options)
-        cutoffs = self.cutoff_variant(cutoff_layers)
-        ratio = 1 if compress_ratio is None else compress_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-            raise UnsupportedFamilyError(f"--compress-ratio must be a positive int (1 = no compression), got {ratio!r}")
-        layers = parse_layers(compress_layers, "--compress-layers") or [8]
-        n = int(self.ckpt.config["num_hidden_layers"])
-        if any(not 0 <= x <= n for x in layers):
-            raise UnsupportedFamilyError(f"--compress-layers {layers} must lie in 0..{n}")
-        return {**variant, "cutoff_layers": cutoffs, "compress_ratio": ratio, "compress_layers": sorted(set(layers)),
-                "effective_compress_layers": effective_compress_layers(cutoffs, ratio, layers)}
-
-    def inputs(self) -> list[TensorSpec]:
-        return super().inputs() + [TensorSpec(n, "int64", ("batch",)) for n in ("query_lengths", "prompt_lengths")]
-
-    def runtime_defaults(self) -> dict:
-        v = self.variant
-        return {**super().runtime_defaults(), "compress_ratio": v["compress_ratio"], "compress_layers": v["compress_layers"]}
-
-    def reference(self, **kwargs):
-        return lightweight_reference(self.ckpt.path, **{**self.reference_options(), **kwargs})
-
-    def head_indices(self) -> list[int]:
-        # FlagEmbedding scores the i-th recorded state with head i (not the head of that layer)
-        return list(range(len(self.variant["cutoff_layers"])))
-
-    def torch_module(self, *, reference: bool = False):
-        from bge_export.export.decoders import CompressedScorer, load_state_dict
-
-        state = load_state_dict(self.ckpt.path)
-        v = self.variant
-        return CompressedScorer(self.build(self.layers_in_graph(), state), v["cutoff_layers"], self.head_weights(state),
-                                v["compress_ratio"], v["compress_layers"],
-                                self.ckpt.config.get("final_logit_softcapping")).eval()
-
-    def example_feeds(self, feeds: dict) -> dict:
-        """Consistent per-row lengths for the export check: about a third query, a quarter prompt."""
-        import numpy as np
-
-        real = feeds["attention_mask"].sum(1)
-        q = np.maximum(1, real // 3)
-        r = np.maximum(1, real // 4)
-        return {**feeds, "query_lengths": q.astype(np.int64), "prompt_lengths": np.minimum(r, real - q).astype(np.int64)}
-
-    def reference_options(self) -> dict:
-        v = self.variant
-        return {**super().reference_options(), "compress_ratio": v["compress_ratio"],
-                "compress_layers": list(v["compress_layers"])}
-
-
-@register_family
-class LLMEmbedderFamily(DecoderFamily):
-    name = "llm-embedder"
-    reference_api = "FlagLLMModel"
-    description = "decoder-only embedders with last-token pooling: bge-multilingual-gemma2, bge-en-icl (ICL prompts)"
-    checkpoints = ("BAAI/bge-multilingual-gemma2", "BAAI/bge-en-icl")
-    test_cases = (TestCase("tiny-gemma2-embedder", lambda d: tiny_gemma2_embedder(d), "bge-multilingual-gemma2"),
-                  TestCase("tiny-icl", lambda d: tiny_mistral_icl(d), "bge-en-icl"))
-    summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
-                       ("dense", "reference_self_max_abs"))
-    parity_outputs = ("tokens", "dense", "golden")
-    model_types = ("gemma2", "mistral", "llama", "gemma")
-    variant_keys = ("export_dtype", "api", "attention")
-    options = DecoderFamily.options + (ATTENTION, EMBEDDER_API)
-    APIS = EMBEDDER_APIS
-
-    @classmethod
-    def matches(cls, ckpt) -> bool:
-        mtype = ckpt.config.get("model_type")
-        archs = ckpt.config.get("architectures") or [""]
-        return mtype in cls.model_types and archs[0].endswith("Model") and not archs[0].endswith("ForCausalLM")
-
-    def __init__(self, ckpt, **variant_options):
-        super().__init__(ckpt, **variant_options)
-        self.reference_api = self.variant["api"]  # per checkpoint: FlagLLMModel or FlagICLModel
-
-    def make_variant(self, *, api=None, attention=None, **options: Any) -> dict:
-        variant = self.common_variant(options)
-        if api is None:  # FlagEmbedding's own dispatch: bge-en-icl is the in-context-learning model
-            api = "FlagICLModel" if "icl" in self.ckpt.name.lower() else "FlagLLMModel"
-        if api not in self.APIS:
-            raise UnsupportedFamilyError(f"--embedder-api {api} is not one of {', '.join(self.APIS)}")
-        gemma2 = self.ckpt.config["model_type"] == "gemma2"
-        attention = attention or "eager"
-        if attention not in ("eager", "sdpa"):
-            raise UnsupportedFamilyError(f"--attention {attention} is not one of eager, sdpa")
-        # Gemma2's attention soft-cap exists only in eager attention (transformers' SDPA drops it, §0.6): the
-        # graph implements the choice and the reference is pinned to the same implementation.
-        return {**variant, "api": api, "attention": attention,
-                "attn_softcap": bool(gemma2 and attention == "eager" and self.ckpt.config.get("attn_logit_softcapping"))}
-
-    def attn_softcap(self) -> bool:
-        return self.variant["attn_softcap"]
-
-    def outputs(self) -> list[TensorSpec]:
-        return [TensorSpec("pooled", "float32", ("batch", "hidden"))]
-
-    def runtime_defaults(self) -> dict:
-        fmt = "<instruct>{}\n<query>{}" if self.variant["api"] == "FlagICLModel" else "Instruct: {}\nQuery: {}"
-        return {"max_length": 512, "query_instruction_format": fmt,
-                "clean_up_tokenization_spaces": bool(self.tokenizer().clean_up_tokenization_spaces)}
-
-    def torch_module(self, *, reference: bool = False):
-        from bge_export.export.decoders import LastTokenEmbedder
-
-        return LastTokenEmbedder(self.build(self.layers_in_graph())).eval()
-
-    def reference_options(self) -> dict:
-        return {"attn_implementation": self.variant["attention"]}
-
-    def reference(self, **kwargs):
-        """FlagLLMModel / FlagICLModel with the attention implementation of the variant pinned."""
-        make = icl_embedder_reference if self.variant["api"] == "FlagICLModel" else llm_embedder_reference
-        return make(self.ckpt.path, **{**self.reference_options(), **kwargs})
-
-    def parity_examples(self) -> list[dict] | None:
-        """The in-context examples parity sets on both sides (FlagICLModel only)."""
-        return ICL_EXAMPLES if self.variant["api"] == "FlagICLModel" else None
-
-    def run_parity(self, bundle_path, precision: str, texts: dict, *, log=print, gate_retrieval: bool = True):
-        return embedder_parity(self, bundle_path, precision, texts, log=log)
-
-    @staticmethod
-    def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import dense_sample_values
-
-        return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
-
-
-# --- FlagEmbedding references: the compatibility fixes these classes need on transformers 4.57 ----------------
-# (reference-semantics §0.5, §0.6), applied to the returned INSTANCE only:
-# * layer-wise MiniCPM reranker: ``model.config.use_cache = False`` (4.57's DynamicCache has no
-#   ``get_usable_length``);
-# * lightweight Gemma2 reranker: every Gemma2 decoder layer of the loaded model gets an instance-level ``forward``
-#   that computes ``(cos, sin)`` from the ``position_ids`` it receives with transformers' ``Gemma2RotaryEmbedding``
-#   (what 4.46's attention did internally) and passes them as ``position_embeddings``, without a cache. The module
-#   tree and the state dict are unchanged. With this shim 4.57 is bit-identical to an unmodified 4.46 run;
-# * LLM / ICL embedders: the attention implementation is pinned (``eager`` keeps Gemma2's attention soft-cap,
-#   ``sdpa`` drops it silently), so the reference does not depend on the transformers version's default.
-
-def layerwise_reference(path, **kwargs: Any):
-    """``LayerWiseFlagLLMReranker`` (bge-reranker-v2-minicpm-layerwise) in fp32 on CPU, with ``use_cache=False``.
-
-    ``use_bf16=False`` loads fp32 weights. The constructor then warns and sets ``use_fp16=True`` (§0.2); the instance
-    flag is reset to the requested value so the reference stays fp32 even on a GPU device."""
-    from bge_export import reference
-
-    options = {"use_bf16": False, **reference.cpu_fp32(kwargs)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*cannot both be `False`.*")
-        reranker = reference.flag_class("LayerWiseFlagLLMReranker")(str(path), **options)
-    reranker.use_fp16 = bool(options["use_fp16"])
-    reranker.model.config.use_cache = False
-    return reranker
-
-
-def lightweight_reference(path, **kwargs: Any):
-    """``LightWeightFlagLLMReranker`` (bge-reranker-v2.5-gemma2-lightweight) in fp32 on CPU, with the
-    ``position_embeddings`` shim on each Gemma2 decoder layer and ``use_cache=False``. Attention stays SDPA."""
-    from bge_export import reference
-
-    options = {"use_bf16": False, **reference.cpu_fp32(kwargs)}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*cannot both be `False`.*")
-        reranker = reference.flag_class("LightWeightFlagLLMReranker")(str(path), **options)
-    model = reranker.model
-    model.config.use_cache = False
-    if model.config._attn_implementation != LIGHTWEIGHT_ATTN_IMPLEMENTATION:
-        reference.pin_attention(model, LIGHTWEIGHT_ATTN_IMPLEMENTATION)
-    install_gemma2_position_embeddings_shim(model)
-    return reranker
-
-
-def install_gemma2_position_embeddings_shim(model) -> int:
-    """Make the 4.4x-style calls ``layer(h, attention_mask=, position_ids=, past_key_value=, ...)`` that
-    FlagEmbedding's CostWise model makes work on transformers >= 4.48, whose ``Gemma2DecoderLayer`` needs
-    ``position_embeddings``. Instance-level and idempotent; returns the number of layers shimmed (0 on 4.4x)."""
-    import inspect
-
-    from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RotaryEmbedding
-
-    if "position_embeddings" not in inspect.signature(Gemma2DecoderLayer.forward).parameters:
-        return 0  # transformers <= 4.47 computes the rotary embedding inside the attention
-    rotary = Gemma2RotaryEmbedding(config=model.config)  # not registered as a submodule: state dict unchanged
-    shimmed = 0
-    for layer in model.modules():
-        if isinstance(layer, Gemma2DecoderLayer) and not getattr(layer, "_bge_position_embeddings_shim", False):
-            layer.forward = _shimmed_forward(layer.forward, rotary)
-            layer._bge_position_embeddings_shim = True
-            shimmed += 1
-    return shimmed
-
-
-def _shimmed_forward(original_forward, rotary):
-    import torch
-
-    def forward(hidden_states, attention_mask=None, position_ids=None, past_key_value=None,
-                output_attentions=False, use_cache=False, cache_position=None, position_embeddings=None,
-                past_key_values=None, **kwargs):
-        if position_embeddings is None:
-            if position_ids is None:
-                position_ids = torch.arange(hidden_states.shape[1], device=hidden_states.device).unsqueeze(0)
-            position_embeddings = rotary(hidden_states, position_ids)  # fp32 math, cast to the hidden dtype
-        return original_forward(hidden_states, position_embeddings=position_embeddings,
-                                attention_mask=attention_mask, position_ids=position_ids, past_key_values=None,
-                                output_attentions=output_attentions, use_cache=False,
-                                cache_position=cache_position, **kwargs)
-
-    return forward
-
-
-def llm_embedder_reference(path, *, attn_implementation: str | None = "eager", **kwargs: Any):
-    """``FlagLLMModel`` (bge-multilingual-gemma2 and other last-token decoder embedders) in fp32 on CPU, with the
-    attention implementation pinned: ``"eager"`` applies Gemma2's ``tanh(s/50)*50`` attention soft-cap (what
-    transformers 4.46 ran), ``"sdpa"`` silently drops it (4.57's default). ``None`` keeps the loaded default.
-    Note the constructor's default query template is ``"Instruct: {}\\nQuery: {}"`` (§0.1)."""
-    from bge_export import reference
-
-    embedder = reference.flag_class("FlagLLMModel")(str(path), **reference.cpu_fp32(kwargs))
-    if attn_implementation is not None:
-        reference.pin_attention(embedder.model, attn_implementation)
-    return embedder
-
-
-def icl_embedder_reference(path, *, attn_implementation: str | None = "eager", **kwargs: Any):
-    """``FlagICLModel`` (bge-en-icl) in fp32 on CPU, with the attention implementation pinned as in
-    :func:`llm_embedder_reference` (Mistral has no soft-cap, so eager and sdpa agree to float rounding)."""
-    from bge_export import reference
-
-    embedder = reference.flag_class("FlagICLModel")(str(path), **reference.cpu_fp32(kwargs))
-    if attn_implementation is not None:
-        reference.pin_attention(embedder.model, attn_implementation)
-    return embedder
-
-
-# --- parity recipes: rerankers (pair ids, scores per cutoff, both padding sides), embedders (cosines) ---------
-
-QUERY_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query."
-ICL_EXAMPLES = [
-    {"instruct": QUERY_INSTRUCTION, "query": "what is a virtual interface",
-     "response": "A virtual interface is a software-defined abstraction that mimics a network interface."},
-    {"instruct": QUERY_INSTRUCTION, "query": "causes of back pain in female for a week",
-     "response": "Back pain in females lasting a week can stem from muscle strain or poor posture."},
-]
-
+# --- the rerankers' parity recipe: pair ids, scores per cutoff, both padding sides -------------------------
 
 def score_sample_values(model, sample: dict) -> dict:
     """Reranker scores (one row per cutoff layer) against the bundle's stored reference sample."""
@@ -602,8 +232,6 @@ def score_sample_values(model, sample: dict) -> dict:
     ref = np.asarray(sample["reference"], dtype=np.float64)
     return {"max_abs_rel_spread": rel_spread_error(ref, got), "spearman": spearman(ref.ravel(), got.ravel())}
 
-
-# --- rerankers ----------------------------------------------------------------------------------------------
 
 def reference_pair_ids(family, reference, pairs, query_max_length: int, max_length: int) -> list[list[int]]:
     """FlagEmbedding's pair token ids, built with its own tokenizer and truncation helper."""
@@ -678,61 +306,57 @@ def reranker_parity(family, bundle_path, precision: str, texts: dict, *, log=pri
     return checks, golden
 
 
-# --- embedders ----------------------------------------------------------------------------------------------
+# --- the rerankers' bench recipe: compute_score with the bundle's cutoff layers / compression (the family builds
+# the reference with the same settings); the reference's engine runs on exactly the tensors of the bundle's engine
+# (token-identical to FlagEmbedding's own pair building: checked by the parity suite) -------------------------
 
-def embedder_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
-    import numpy as np
+def _decoder_pairs(model, pairs, s):
+    """The runtime's token-level pairs for ``compute_score(pairs, max_length=s)`` (instructions applied)."""
+    def inst(fmt, instruction, text):
+        return text if instruction is None else model.apply_instruction(fmt, instruction, text)
 
-    from bge_export.parity import cosine_rows, gate
-    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, text_token_mismatches
+    qs = [inst(model.query_instruction_format, model.query_instruction_for_rerank, q) for q, _ in pairs]
+    ps = [inst(model.passage_instruction_format, model.passage_instruction_for_rerank, p) for _, p in pairs]
+    return model.build_pairs(qs, ps, s * 3 // 4, s, None)
 
-    reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
-    model = load_for_parity(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
-    edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"][:120]
 
-    checks = gate(family.name, "tokens", "*",
-                  {"mismatched_texts": text_token_mismatches(family, model, edge + queries + corpus, 512)})
-    log(f"running FlagEmbedding {family.reference_api} (fp32, CPU) and the bundle on "
-        f"{len(edge) + 2 * len(queries) + len(corpus)} texts")
-    with quiet_stderr():
-        ref = [reference.encode(edge + corpus, batch_size=32), reference.encode_queries(queries + edge, batch_size=32),
-               reference.encode(edge, max_length=16)]
-        ref_single = reference.encode(edge[:8], batch_size=1)
-    got = [model.encode(edge + corpus), model.encode_queries(queries + edge), model.encode(edge, max_length=16)]
-    examples = family.parity_examples()
-    if examples is not None:  # the in-context examples prefix, set on both sides
-        with quiet_stderr():
-            reference.set_examples(examples)
-            ref.append(reference.encode_queries(queries + edge, batch_size=32))
-        model.set_examples(examples)
-        got.append(model.encode_queries(queries + edge))
-    r, g = np.concatenate(ref), np.concatenate(got)
-    cos = cosine_rows(r, g)
-    values = {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "max_abs": float(np.abs(r - g).max()),
-              "reference_self_max_abs": float(np.abs(ref_single - ref[0][:8]).max())}
-    checks += gate(family.name, "dense", precision, values,
-                   {"reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"})
-    golden = {"texts": list(edge), "reference": ref[0][:len(edge)], "n_texts": sum(len(x) for x in ref)}
-    return checks, golden
+def _decoder_pair_inputs(w: Workload, b, s):
+    """b pairs whose whole model input (bos, 'A: ' query of s/4 tokens, 'B: ' passage, separators, prompt) is about
+    s tokens: the passage gives up what the prompt and instructions take."""
+    q_len = s // 4
+    probe = [[w.texts(1, q_len)[0], w.texts(1, s - q_len, offset=5)[0]]]
+    overhead = len(_decoder_pairs(w.model, probe, s)[0].ids) - s
+    p_len = max(8, s - q_len - overhead)
+    return [list(p) for p in zip(w.texts(b, q_len), w.texts(b, p_len, offset=5))]
 
-# --- tiny test checkpoints (reference-semantics §3, §4, §6-§9), built at test time ---------------------------
-# Tiny random-weight decoder checkpoints with the real on-disk layouts (reference-semantics §3, §4, §6-§9).
-# 
-# Each builder writes into ``folder`` and returns it. The caller picks the folder and must give it the real repo
-# name (``bge-reranker-v2-gemma``, ``bge-reranker-v2-minicpm-layerwise``, ``bge-reranker-v2.5-gemma2-lightweight``,
-# ``bge-multilingual-gemma2``, ``bge-en-icl``) because FlagEmbedding dispatches on the basename.
-# 
-# Everything is built offline and deterministically (``torch.manual_seed``). ``initializer_range=0.2``: at the HF
-# default of 0.02 the outputs barely depend on the input and parity proves nothing (§9.2). The shape keywords
-# default to the tiny values of the doc; pass larger ones (and any other config field as an extra keyword) to
-# build a mid-sized model for benchmarks. ``head_dim`` defaults to ``hidden_size // num_attention_heads`` (16 for
-# the tiny shapes) and ``query_pre_attn_scalar`` to ``head_dim``.
+
+def _decoder_pair_tokens(w: Workload, x, b, s):
+    n = sum(len(e.ids) for e in _decoder_pairs(w.model, x, s))
+    return {"e2e": n, "engine": n}
+
+
+def decoder_reranker_recipe(forward, ref_list_feeds: tuple[str, ...] = ()) -> BenchRecipe:
+    """A decoder reranker's recipe: ``forward`` is its reference's bare forward + pooling."""
+    return BenchRecipe(
+        inputs=_decoder_pair_inputs,
+        e2e={"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
+        engine_feeds=lambda model, x, s: model.feeds_for(_decoder_pairs(model, x, s)),
+        ref_forward=forward,
+        ref_list_feeds=ref_list_feeds,
+        tokens=_decoder_pair_tokens,
+        check="scores",
+    )
+
+
+# --- tiny test checkpoints: the sentencepiece tokenizers (reference-semantics §9) -------------------------------
+# Each builder of a decoder family writes into ``folder`` and returns it; the folder must carry the real repo name
+# because FlagEmbedding dispatches on the basename. Everything is built offline and deterministically
+# (``torch.manual_seed``); ``initializer_range=0.2``: at the HF default of 0.02 the outputs barely depend on the
+# input and parity proves nothing (§9.2). The shape keywords default to tiny values; pass larger ones (and any
+# other config field as an extra keyword) to build a mid-sized model for benchmarks.
 
 DECODER_INIT_RANGE = 0.2
-
-
 SPM_VOCAB_SIZE = 1200
-
 
 _PROMPT_TEXTS = (
     LLM_RERANK_PROMPT,
@@ -833,13 +457,13 @@ def llama_tokenizer(folder: Path, *, add_eos_token: bool = False) -> Path:
     return folder
 
 
-def _vocab_size(folder: Path) -> int:
+def tokenizer_vocab_size(folder: Path) -> int:
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(str(folder)))
 
 
-def _add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict) -> None:
+def add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict) -> None:
     """Copy FlagEmbedding's module files next to the weights and add the auto_map, as in the real repos (§9.4)."""
     from FlagEmbedding.inference.reranker.decoder_only import models
 
@@ -853,242 +477,3 @@ def _add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict
     for key in ("_attn_implementation", "_attn_implementation_internal", "attn_implementation"):
         cfg.pop(key, None)  # never pin flash-attn (or anything else) in the saved config
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-
-
-def tiny_gemma_reranker(folder: Path, *, seed: int = 21, hidden_size: int = 64, num_hidden_layers: int = 2,
-                        intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 1,
-                        head_dim: int | None = None, vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-reranker-v2-gemma layout: GemmaForCausalLM (Gemma v1, tied embeddings) + Gemma tokenizer (§6)."""
-    import torch
-    from transformers import GemmaConfig, GemmaForCausalLM
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = GemmaConfig(vocab_size=vocab_size or _vocab_size(folder), hidden_size=hidden_size,
-                      intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
-                      num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-                      head_dim=head_dim, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
-                      pad_token_id=0, eos_token_id=1, bos_token_id=2,
-                      **{"initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    GemmaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    return folder
-
-
-def tiny_minicpm_layerwise(folder: Path, *, seed: int = 22, hidden_size: int = 64, num_hidden_layers: int = 4,
-                           intermediate_size: int = 128, num_attention_heads: int = 4,
-                           num_key_value_heads: int | None = None, start_layer: int = 2,
-                           vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-reranker-v2-minicpm-layerwise layout: FlagEmbedding's LayerWiseMiniCPMForCausalLM with one (1,H) head per
-    layer start_layer..N (keys lm_head.{k}.linear_head.weight), the two MiniCPM module files, auto_map, and the
-    Llama tokenizer with pad_token '<unk>' (§7)."""
-    import torch
-    from FlagEmbedding.inference.reranker.decoder_only.models.configuration_minicpm_reranker import (
-        LayerWiseMiniCPMConfig,
-    )
-    from FlagEmbedding.inference.reranker.decoder_only.models.modeling_minicpm_reranker import (
-        LayerWiseMiniCPMForCausalLM,
-    )
-
-    llama_tokenizer(folder)
-    cfg = LayerWiseMiniCPMConfig(
-        vocab_size=vocab_size or _vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads or num_attention_heads,
-        **{"scale_emb": 12, "dim_model_base": 256, "scale_depth": 1.4, "start_layer": start_layer,
-           "head_multi": True, "head_type": "simple", "tie_word_embeddings": False, "bos_token_id": 1,
-           "eos_token_id": 2, "use_cache": True, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    # the config constructor switches to flash_attention_2 whenever flash_attn imports (§0.6); build with sdpa
-    if getattr(cfg, "_attn_implementation", None) == "flash_attention_2":
-        cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    LayerWiseMiniCPMForCausalLM(cfg).eval().save_pretrained(str(folder))
-    _add_remote_code(folder, ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py"), {
-        "AutoConfig": "configuration_minicpm_reranker.LayerWiseMiniCPMConfig",
-        "AutoModel": "modeling_minicpm_reranker.LayerWiseMiniCPMModel",
-        "AutoModelForCausalLM": "modeling_minicpm_reranker.LayerWiseMiniCPMForCausalLM",
-    })
-    return folder
-
-
-def tiny_gemma2_lightweight(folder: Path, *, seed: int = 23, hidden_size: int = 64, num_hidden_layers: int = 4,
-                            intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                            head_dim: int | None = None, start_layer: int = 2, layer_sep: int = 1,
-                            vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-reranker-v2.5-gemma2-lightweight layout: FlagEmbedding's CostWiseGemmaForCausalLM (Gemma2 blocks + one
-    CostWiseHead(H,1) per layer in range(start_layer, N+1, layer_sep)), the two module files, auto_map, and the
-    Gemma tokenizer (§8)."""
-    import torch
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = CostWiseGemmaConfig(
-        vocab_size=vocab_size or _vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, head_dim=head_dim, start_layer=start_layer, layer_sep=layer_sep,
-        **{"query_pre_attn_scalar": head_dim, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
-           "final_logit_softcapping": 30.0, "layer_wise": True, "pad_token_id": 0, "eos_token_id": 1,
-           "bos_token_id": 2, "use_cache": True, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    CostWiseGemmaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    _add_remote_code(folder, ("gemma_config.py", "gemma_model.py"), {
-        "AutoConfig": "gemma_config.CostWiseGemmaConfig",
-        "AutoModel": "gemma_model.CostWiseGemmaModel",
-        "AutoModelForCausalLM": "gemma_model.CostWiseGemmaForCausalLM",
-    })
-    return folder
-
-
-def tiny_gemma2_embedder(folder: Path, *, seed: int = 24, hidden_size: int = 64, num_hidden_layers: int = 2,
-                         intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                         head_dim: int | None = None, vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-multilingual-gemma2 layout: Gemma2Model (attn soft-cap 50 and final soft-cap 30, the Gemma2 defaults)
-    + Gemma tokenizer (§3)."""
-    import torch
-    from transformers import Gemma2Config, Gemma2Model
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = Gemma2Config(
-        vocab_size=vocab_size or _vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, head_dim=head_dim,
-        **{"query_pre_attn_scalar": head_dim, "sliding_window": 4096, "pad_token_id": 0, "eos_token_id": 1,
-           "bos_token_id": 2, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    Gemma2Model(cfg).eval().save_pretrained(str(folder))
-    return folder
-
-
-def tiny_mistral_icl(folder: Path, *, seed: int = 25, hidden_size: int = 64, num_hidden_layers: int = 2,
-                     intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                     vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-en-icl layout: MistralModel + Llama tokenizer with pad_token '<unk>' and add_eos_token=True (§4)."""
-    import torch
-    from transformers import MistralConfig, MistralModel
-
-    llama_tokenizer(folder, add_eos_token=True)
-    cfg = MistralConfig(
-        vocab_size=vocab_size or _vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        **{"sliding_window": 4096, "bos_token_id": 1, "eos_token_id": 2,
-           "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    MistralModel(cfg).eval().save_pretrained(str(folder))
-    return folder
-
-
-# --- bench recipes (the decoder rerankers: compute_score with the bundle's cutoff layers / compression (the family builds the
-# reference with the same settings); the reference's engine runs on exactly the tensors of the bundle's engine
-# (token-identical to FlagEmbedding's own pair building: checked by the parity suite))
-
-
-def _decoder_pairs(model, pairs, s):
-    """The runtime's token-level pairs for ``compute_score(pairs, max_length=s)`` (instructions applied)."""
-    def inst(fmt, instruction, text):
-        return text if instruction is None else model.apply_instruction(fmt, instruction, text)
-
-    qs = [inst(model.query_instruction_format, model.query_instruction_for_rerank, q) for q, _ in pairs]
-    ps = [inst(model.passage_instruction_format, model.passage_instruction_for_rerank, p) for _, p in pairs]
-    return model.build_pairs(qs, ps, s * 3 // 4, s, None)
-
-
-def _decoder_pair_inputs(w: Workload, b, s):
-    """b pairs whose whole model input (bos, 'A: ' query of s/4 tokens, 'B: ' passage, separators, prompt) is about
-    s tokens: the passage gives up what the prompt and instructions take."""
-    q_len = s // 4
-    probe = [[w.texts(1, q_len)[0], w.texts(1, s - q_len, offset=5)[0]]]
-    overhead = len(_decoder_pairs(w.model, probe, s)[0].ids) - s
-    p_len = max(8, s - q_len - overhead)
-    return [list(p) for p in zip(w.texts(b, q_len), w.texts(b, p_len, offset=5))]
-
-
-def _decoder_pair_tokens(w: Workload, x, b, s):
-    n = sum(len(e.ids) for e in _decoder_pairs(w.model, x, s))
-    return {"e2e": n, "engine": n}
-
-
-def _llm_rerank_forward(ref, enc):
-    from FlagEmbedding.inference.reranker.decoder_only.base import last_logit_pool
-
-    logits = ref.model(**enc, output_hidden_states=True).logits
-    return last_logit_pool(logits, enc["attention_mask"])[:, ref.yes_loc]
-
-
-def _layerwise_forward(ref, enc):
-    from FlagEmbedding.inference.reranker.decoder_only.layerwise import last_logit_pool_layerwise
-
-    out = ref.model(**enc, output_hidden_states=True, cutoff_layers=ref.cutoff_layers)
-    return [last_logit_pool_layerwise(logits, enc["attention_mask"]) for logits in out.logits]
-
-
-def _lightweight_forward(ref, enc):
-    from FlagEmbedding.inference.reranker.decoder_only.lightweight import last_logit_pool_lightweight
-
-    out = ref.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True,
-                    compress_layer=ref.compress_layers, compress_ratio=ref.compress_ratio,
-                    query_lengths=enc["query_lengths"], prompt_lengths=enc["prompt_lengths"],
-                    cutoff_layers=ref.cutoff_layers)
-    return [last_logit_pool_lightweight(logits, mask) for logits, mask in zip(out.logits, out.attention_masks)]
-
-
-def decoder_reranker_recipe(forward, ref_list_feeds: tuple[str, ...] = ()) -> BenchRecipe:
-    """A decoder reranker's recipe: ``forward`` is its reference's bare forward + pooling."""
-    return BenchRecipe(
-        inputs=_decoder_pair_inputs,
-        e2e={"e2e": lambda obj, x, b, s: obj.compute_score(x, batch_size=b, max_length=s)},
-        engine_feeds=lambda model, x, s: model.feeds_for(_decoder_pairs(model, x, s)),
-        ref_forward=forward,
-        ref_list_feeds=ref_list_feeds,
-        tokens=_decoder_pair_tokens,
-        check="scores",
-    )
-
-
-
-
-# --- the LLM embedders: encode_corpus / encode_queries (with a retrieval instruction) ----------------------
-
-def _query_overhead(model, n_tok, text):
-    """Tokens an embedder's query template (instruction, ICL suffix) adds to a query text."""
-    formatted = model.apply_instruction(model.query_instruction_format, model.query_instruction_for_retrieval, text)
-    return n_tok(formatted + getattr(model, "suffix", "")) - n_tok(text)
-
-
-def _embedder_inputs(w: Workload, b, s):
-    """Corpus texts of exactly s tokens; queries shortened so that the templated query is about s tokens."""
-    overhead = _query_overhead(w.model, w.n_tok, w.texts(1, s // 2)[0])
-    return {"corpus": w.texts(b, s), "queries": w.texts(b, max(8, s - overhead), offset=3)}
-
-
-def _embedder_tokens(w: Workload, x, b, s):
-    q = sum(w.n_tok(q) + _query_overhead(w.model, w.n_tok, q) for q in x["queries"])
-    return {"e2e": b * s, "e2e-queries": q, "engine": b * s}
-
-
-def _embedder_forward(ref, enc):
-    from FlagEmbedding.inference.embedder.decoder_only.base import last_token_pool
-
-    return last_token_pool(ref.model(**enc, return_dict=True).last_hidden_state, enc["attention_mask"])
-
-
-LLM_EMBEDDER_BENCH = BenchRecipe(
-    inputs=_embedder_inputs,
-    e2e={"e2e": lambda obj, x, b, s: obj.encode_corpus(x["corpus"], batch_size=b, max_length=s),
-         "e2e-queries": lambda obj, x, b, s: obj.encode_queries(x["queries"], batch_size=b, max_length=s)},
-    engine_feeds=lambda model, x, s: model.feeds_for(model.tokenizer.encode(x["corpus"], s)),
-    ref_forward=_embedder_forward,  # on the bundle engine's feeds (ref_tensors None)
-    tokens=_embedder_tokens,
-    options={"query_instruction_for_retrieval": QUERY_INSTRUCTION},
-    check="vectors",
-)
-
-
-LLMRerankerFamily.bench_recipe = decoder_reranker_recipe(_llm_rerank_forward)
-LayerwiseRerankerFamily.bench_recipe = decoder_reranker_recipe(_layerwise_forward)
-# the lightweight reranker's forward takes the query and prompt lengths as python lists
-CompressedRerankerFamily.bench_recipe = decoder_reranker_recipe(_lightweight_forward, ("query_lengths", "prompt_lengths"))
-LLMEmbedderFamily.bench_recipe = LLM_EMBEDDER_BENCH

@@ -49,9 +49,11 @@ class EncoderFamily(Family):
     parity_outputs = ("tokens", "dense", "golden")
     options = (Option("pooling", "--pooling", "encoder pooling (default: cls, as FlagModel)", choices=POOLINGS),)
     test_cases = (
-        TestCase("minilm-real", lambda d: real_minilm(), "all-MiniLM-L6-v2", trained=True),
+        TestCase("minilm-real", lambda d: real_minilm(), "all-MiniLM-L6-v2", trained=True,
+                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),
         TestCase("tiny-bert", lambda d: tiny_bert(d), "bge-small-en-v1.5"),
-        TestCase("tiny-xlmr", lambda d: tiny_xlmr(d), "xlmr-base-encoder"),
+        TestCase("tiny-xlmr", lambda d: tiny_xlmr(d), "xlmr-base-encoder",
+                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),
         # checkpoints of shapes no BGE release has: other sizes, head counts, depths and position limits
         TestCase("bert-48h3-l3-pos128", lambda d: tiny_bert(d, hidden=48, layers=3, heads=3, intermediate=96,
                                                             max_positions=128, seed=1), "bert-other"),

@@ -25,15 +25,19 @@ class M3Family(Family):
     description = "BGE-M3 with dense, sparse and ColBERT heads in one graph: bge-m3"
     checkpoints = ("BAAI/bge-m3",)
     parity_outputs = ("tokens", "dense", "sparse", "colbert", "scores", "golden")
+    reference_calls = Family.reference_calls + ("convert_id_to_token", "compute_lexical_matching_score",
+                                                "colbert_score")
     bench_recipe = BenchRecipe(  # all three heads
         inputs=lambda w, b, s: w.texts(b, s),
         e2e={"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s, **ALL_HEADS)},
         engine_feeds=lambda model, x, s: model.feeds_for(model.tokenizer.encode(x, s)),
         ref_tensors=lambda ref, x, s, w: hf_tensors(ref, x, s),
         ref_forward=lambda ref, enc: ref.model(enc, **ALL_HEADS),
-        check="vectors",  # the dense vectors
+        check="vectors",
+        check_value=lambda out: out["dense_vecs"],  # the sanity check compares the dense vectors
     )
-    test_cases = (TestCase("tiny-m3", lambda d: tiny_m3(d), "bge-m3"),)
+    test_cases = (TestCase("tiny-m3", lambda d: tiny_m3(d), "bge-m3",
+                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),)
     summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"),
                        ("sparse", "max_abs"), ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"),
                        ("colbert", "max_abs_rel_norm"), ("colbert", "cosine_mean"), ("scores", "max_abs"),

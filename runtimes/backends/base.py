@@ -41,19 +41,27 @@ def backend_classes() -> dict[str, type["Backend"]]:
 
     found: dict[str, type[Backend]] = {}
     for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        try:
+            module = importlib.import_module(f"{package.__name__}.{info.name}")
+        except ImportError as exc:  # one broken backend module must not stop the others
+            BROKEN[info.name] = str(exc)
+            continue
         for value in vars(module).values():
             if isinstance(value, type) and issubclass(value, Backend) and value.__dict__.get("kind"):
                 found[value.kind] = value
     return found
 
 
+BROKEN: dict[str, str] = {}  # backend modules that failed to import -> why
+
+
 def get_backend_class(kind: str) -> type["Backend"]:
     classes = backend_classes()
     if kind not in classes:
+        broken = "".join(f"; runtimes.backends.{m} failed to import: {why}" for m, why in BROKEN.items())
         raise IncompatibleBundleError(
             f"engine kind '{kind}' is not supported by this runtime (supported: {', '.join(sorted(classes))}); "
-            "upgrade bge-export or rebuild the bundle for a supported target"
+            f"upgrade bge-export or rebuild the bundle for a supported target{broken}"
         )
     return classes[kind]
 
