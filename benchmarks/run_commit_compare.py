@@ -4,7 +4,7 @@ tokens, timed in alternating subprocesses (old, new, old, new, ...), so that bot
     python -m benchmarks.run_commit_compare --old 57fb0b5 --bundles bundles/minilm-ort-cpu bundles/minilm-ov-bf16
 
 The old commit is checked out into a temporary git worktree; each subprocess imports ``runtimes`` from its tree
-(PYTHONPATH) and times the public call the bundle's API serves (FlagModel: encode). Output: one line per bundle
+(PYTHONPATH, checked) and times ``encode`` on the same texts (made once with this tree's tokenizer). Output: one line per bundle
 and commit (median and p90 of the per-round medians, ms) and the ratio new / old; ``--json`` writes the rows.
 """
 from __future__ import annotations
@@ -23,13 +23,11 @@ CHILD = r"""
 import json, sys, time
 import numpy as np
 import runtimes
-from bge_export.parity_run import parity_texts
-from bge_export.bench.texts import exact_length_texts
 
-bundle, batch, seq, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+bundle, texts_file, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+texts = json.load(open(texts_file))
+batch = len(texts)
 model = runtimes.load(bundle, verify=False)
-words = " ".join(parity_texts()["corpus"]).split()
-texts = exact_length_texts(lambda t: len(model.tokenizer.encode([t], 100000)[0].ids), words, batch, seq)
 model.encode(texts, batch_size=batch)  # warm-up
 times = []
 for _ in range(repeats):
@@ -40,11 +38,22 @@ print(json.dumps({"runtimes": runtimes.__file__, "median_ms": float(np.median(ti
 """
 
 
-def run_child(tree: Path, bundle: str, batch: int, seq: int, repeats: int) -> dict:
-    # the text maker comes from the new tree (the old one may not have it); runtimes from ``tree``
-    env_path = f"{tree}:{ROOT}"
-    out = subprocess.run([sys.executable, "-c", CHILD, bundle, str(batch), str(seq), str(repeats)], cwd=tree,
-                         capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin",
+def make_texts(bundle: str, batch: int, seq: int, path: Path) -> None:
+    """``batch`` texts of exactly ``seq`` tokens for ``bundle`` (made here, with this tree's code, once)."""
+    import runtimes
+    from bge_export.bench.texts import exact_length_texts
+    from bge_export.parity_run import parity_texts
+
+    model = runtimes.load(bundle, verify=False)
+    words = " ".join(parity_texts()["corpus"]).split()
+    texts = exact_length_texts(lambda t: len(model.tokenizer.encode([t], 100000)[0].ids), words, batch, seq)
+    path.write_text(json.dumps(texts))
+
+
+def run_child(tree: Path, bundle: str, texts_file: Path, repeats: int) -> dict:
+    """One subprocess that imports ``runtimes`` from ``tree`` only."""
+    out = subprocess.run([sys.executable, "-c", CHILD, bundle, str(texts_file), str(repeats)], cwd=tree,
+                         capture_output=True, text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
                                                               "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
     if out.returncode != 0:
         raise SystemExit(f"child failed in {tree}:\n{out.stderr[-3000:]}")
@@ -71,10 +80,12 @@ def main(argv=None) -> int:
         try:
             rows = []
             for bundle in args.bundles:
+                texts_file = Path(tmp) / "texts.json"
+                make_texts(bundle, args.batch, args.seq, texts_file)
                 medians = {"old": [], "new": []}
                 for _ in range(args.rounds):
                     for which, tree in (("old", old_tree), ("new", ROOT)):
-                        medians[which].append(run_child(tree, bundle, args.batch, args.seq, args.repeats)["median_ms"])
+                        medians[which].append(run_child(tree, bundle, texts_file, args.repeats)["median_ms"])
                 summary = {k: {"median_ms": statistics.median(v), "p90_ms": sorted(v)[int(0.9 * (len(v) - 1))],
                                "rounds": v} for k, v in medians.items()}
                 ratio = summary["new"]["median_ms"] / summary["old"]["median_ms"]
