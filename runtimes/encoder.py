@@ -7,6 +7,7 @@ import numpy as np
 
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
+from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL
 from runtimes.postprocess import finish_embeddings
 from runtimes.service import BundleModel
 
@@ -23,6 +24,11 @@ class EncoderModel(BundleModel):
 
     output_name = "pooled"  # the graph output holding the pooled vector
     api_methods = ("encode", "encode_queries", "encode_corpus")
+    flag_signature = EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None), ("pooling_method", "cls"),
+                                   ("trust_remote_code", False), ("cache_dir", None)] + EMBED_TAIL + [
+        ("convert_to_numpy", True), ("truncate_dim", None)]
+    auto_model_class = ("embedder", "encoder-only-base")
+    loads_half_on_cpu = True
 
     def __init__(
         self,

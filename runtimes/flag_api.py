@@ -14,57 +14,47 @@ from typing import Any
 
 from runtimes.errors import IncompatibleBundleError, InputError
 
-# FlagEmbedding 1.4.2's constructor parameters after model_name_or_path, with their defaults (the API's data)
-_RERANK = [("use_fp16", False), ("query_instruction_for_rerank", None), ("query_instruction_format", "{}{}"),
-           ("passage_instruction_for_rerank", None), ("passage_instruction_format", "{}{}"),
-           ("trust_remote_code", False), ("cache_dir", None), ("devices", None), ("batch_size", 128),
-           ("query_max_length", None), ("max_length", 512), ("normalize", False)]
-_LLM_RERANK = [("peft_path", None), ("use_fp16", False), ("use_bf16", False), ("query_instruction_for_rerank", "A: "),
-               ("query_instruction_format", "{}{}"), ("passage_instruction_for_rerank", "B: "),
-               ("passage_instruction_format", "{}{}"), ("cache_dir", None), ("trust_remote_code", False),
-               ("devices", None)]
-_LLM_RERANK_TAIL = [("prompt", None), ("batch_size", 128), ("query_max_length", None), ("max_length", 512),
-                    ("normalize", False)]
-_EMBED_HEAD = [("normalize_embeddings", True), ("use_fp16", True), ("use_bf16", False),
-               ("query_instruction_for_retrieval", None)]
-_EMBED_TAIL = [("batch_size", 256), ("query_max_length", 512), ("passage_max_length", 512)]
-SIGNATURES: dict[str, list[tuple[str, Any]]] = {
-    "FlagModel": _EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None), ("pooling_method", "cls"),
-                                ("trust_remote_code", False), ("cache_dir", None)] + _EMBED_TAIL
-                 + [("convert_to_numpy", True), ("truncate_dim", None)],
-    "BGEM3FlagModel": _EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None),
-                                     ("pooling_method", "cls"), ("trust_remote_code", False), ("cache_dir", None),
-                                     ("colbert_dim", -1)] + _EMBED_TAIL
-                      + [("return_dense", True), ("return_sparse", False), ("return_colbert_vecs", False),
-                         ("truncate_dim", None)],
-    "FlagLLMModel": _EMBED_HEAD + [("query_instruction_format", "Instruct: {}\nQuery: {}"), ("devices", None),
-                                   ("trust_remote_code", False), ("cache_dir", None)] + _EMBED_TAIL
-                    + [("convert_to_numpy", True), ("truncate_dim", None)],
-    "FlagICLModel": _EMBED_HEAD + [("query_instruction_format", "<instruct>{}\n<query>{}"),
-                                   ("suffix", "\n<response>"), ("devices", None), ("examples_for_task", None),
-                                   ("examples_instruction_format", "<instruct>{}\n<query>{}\n<response>{}"),
-                                   ("trust_remote_code", False), ("cache_dir", None)] + _EMBED_TAIL
-                    + [("convert_to_numpy", True), ("truncate_dim", None)],
-    "FlagReranker": _RERANK,
-    "FlagLLMReranker": _LLM_RERANK + _LLM_RERANK_TAIL,
-    "LayerWiseFlagLLMReranker": _LLM_RERANK + [("cutoff_layers", None)] + _LLM_RERANK_TAIL,
-    "LightWeightFlagLLMReranker": _LLM_RERANK + [("cutoff_layers", None), ("compress_layers", [8]),
-                                                 ("compress_ratio", 1)] + _LLM_RERANK_TAIL,
-}
-# FlagAutoModel / FlagAutoReranker's model_class values -> the API they pick
-EMBEDDER_CLASSES = {"encoder-only-base": "FlagModel", "encoder-only-m3": "BGEM3FlagModel",
-                    "decoder-only-base": "FlagLLMModel", "decoder-only-icl": "FlagICLModel"}
-RERANKER_CLASSES = {"encoder-only-base": "FlagReranker", "decoder-only-base": "FlagLLMReranker",
-                    "decoder-only-layerwise": "LayerWiseFlagLLMReranker",
-                    "decoder-only-lightweight": "LightWeightFlagLLMReranker"}
-# FlagEmbedding's LightWeight reranker defaults compress_layers=[8], compress_ratio=1 (no compression); a bundle
-# records its own, so these defaults are only checked when passed
+# FlagEmbedding 1.4.2's constructor parameters after model_name_or_path, with their defaults: the building blocks
+# of the runtime classes' ``flag_signature`` (each API class declares its own, with ``auto_model_class`` and
+# ``loads_half_on_cpu``; runtimes/service.py BundleModel)
+RERANK = [("use_fp16", False), ("query_instruction_for_rerank", None), ("query_instruction_format", "{}{}"),
+          ("passage_instruction_for_rerank", None), ("passage_instruction_format", "{}{}"),
+          ("trust_remote_code", False), ("cache_dir", None), ("devices", None), ("batch_size", 128),
+          ("query_max_length", None), ("max_length", 512), ("normalize", False)]
+LLM_RERANK = [("peft_path", None), ("use_fp16", False), ("use_bf16", False), ("query_instruction_for_rerank", "A: "),
+              ("query_instruction_format", "{}{}"), ("passage_instruction_for_rerank", "B: "),
+              ("passage_instruction_format", "{}{}"), ("cache_dir", None), ("trust_remote_code", False),
+              ("devices", None)]
+LLM_RERANK_TAIL = [("prompt", None), ("batch_size", 128), ("query_max_length", None), ("max_length", 512),
+                   ("normalize", False)]
+EMBED_HEAD = [("normalize_embeddings", True), ("use_fp16", True), ("use_bf16", False),
+              ("query_instruction_for_retrieval", None)]
+EMBED_TAIL = [("batch_size", 256), ("query_max_length", 512), ("passage_max_length", 512)]
+
+
+def flag_signature(api: str) -> list[tuple[str, Any]]:
+    """FlagEmbedding's constructor parameters of ``api`` (its runtime class declares them)."""
+    from runtimes import runtime_class
+
+    return list(runtime_class(api).flag_signature)
+
+
+def auto_classes(kind: str) -> dict[str, str]:
+    """FlagAutoModel (kind "embedder") / FlagAutoReranker ("reranker") model_class values -> the API they pick."""
+    import runtimes
+
+    out = {}
+    for api in runtimes.RUNTIME_APIS:
+        declared = runtimes.runtime_class(api).auto_model_class
+        if declared is not None and declared[0] == kind:
+            out[declared[1]] = api
+    return out
 
 
 def _signature(api: str) -> inspect.Signature:
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter("self", kind), inspect.Parameter("model_name_or_path", kind)]
-    params += [inspect.Parameter(name, kind, default=default) for name, default in SIGNATURES[api]]
+    params += [inspect.Parameter(name, kind, default=default) for name, default in flag_signature(api)]
     params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     return inspect.Signature(params)
 
@@ -96,7 +86,7 @@ def _make(api: str) -> type:
             raise IncompatibleBundleError(
                 f"{api}({path!r}): this bundle serves FlagEmbedding's {have} API (family {bundle.manifest.family}); "
                 f"use `from runtimes import {have}`, or runtimes.load(path) which picks the class")
-        known = [n for n, _ in SIGNATURES[api]]
+        known = [n for n, _ in flag_signature(api)]
         base.__init__(self, bundle, **checked_options(bundle, base, given, f"{api}()", known))
 
     __init__.__signature__ = sig
@@ -116,8 +106,11 @@ def dropin(api: str) -> type:
 
 class _Auto:
     kind: str
-    classes: dict[str, str]
-    apis: tuple[str, ...]
+    auto_kind: str  # the runtime classes' auto_model_class kind this class picks among
+
+    @classmethod
+    def classes(cls) -> dict[str, str]:
+        return auto_classes(cls.auto_kind)
 
     def __init__(self, *args, **kwargs):
         raise InputError(f"{type(self).__name__} is built with {type(self).__name__}.from_finetuned(bundle_path, ...)")
@@ -128,16 +121,17 @@ class _Auto:
 
         bundle = open_bundle(model_name_or_path, verify=False)  # the class opens (verifies, warns) it again
         api = bundle.manifest.runtime.get("api")
-        if api not in cls.apis:
+        if api not in cls.classes().values():
             raise IncompatibleBundleError(
                 f"{cls.__name__}.from_finetuned({model_name_or_path!r}): this bundle serves FlagEmbedding's {api} "
                 f"API, not {cls.kind}; use runtimes.load(path) or `from runtimes import {api}`")
         if model_class is not None:
             value = getattr(model_class, "value", model_class)
-            if value not in cls.classes:
-                raise InputError(f"model_class={value!r}: expected one of {', '.join(cls.classes)}")
-            if cls.classes[value] != api:
-                raise InputError(f"model_class={value!r} picks {cls.classes[value]}, but this bundle serves {api}; "
+            classes = cls.classes()
+            if value not in classes:
+                raise InputError(f"model_class={value!r}: expected one of {', '.join(classes)}")
+            if classes[value] != api:
+                raise InputError(f"model_class={value!r} picks {classes[value]}, but this bundle serves {api}; "
                                  "drop model_class (the bundle knows its class)")
         return dropin(api), bundle
 
@@ -146,8 +140,7 @@ class FlagAutoModel(_Auto):
     """``FlagAutoModel.from_finetuned(bundle_path, ...)``: the embedder class the bundle's API names."""
 
     kind = "an embedder"
-    classes = EMBEDDER_CLASSES
-    apis = tuple(EMBEDDER_CLASSES.values())
+    auto_kind = "embedder"
 
     @classmethod
     def from_finetuned(cls, model_name_or_path, model_class=None, normalize_embeddings: bool = True,
@@ -172,8 +165,7 @@ class FlagAutoReranker(_Auto):
     """``FlagAutoReranker.from_finetuned(bundle_path, ...)``: the reranker class the bundle's API names."""
 
     kind = "a reranker"
-    classes = RERANKER_CLASSES
-    apis = tuple(RERANKER_CLASSES.values())
+    auto_kind = "reranker"
 
     @classmethod
     def from_finetuned(cls, model_name_or_path, model_class=None, use_fp16: bool = False, trust_remote_code=None,

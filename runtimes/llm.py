@@ -15,6 +15,7 @@ import numpy as np
 from runtimes.bundle import Bundle
 from runtimes.encoder import EncoderModel
 from runtimes.errors import IncompatibleBundleError, InputError
+from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL, LLM_RERANK, LLM_RERANK_TAIL
 from runtimes.reranker import CrossEncoderModel
 from runtimes.tokenizer import Encoded
 
@@ -31,6 +32,9 @@ def _layers(value, what: str) -> list[int]:
 class LLMRerankerModel(CrossEncoderModel):
     """Drop-in for ``FlagEmbedding.FlagLLMReranker``: ``compute_score(pairs, normalize=False, prompt=None)`` returns
     a list of floats (the "Yes" logit of each pair, or its sigmoid), even for one pair."""
+
+    flag_signature = LLM_RERANK + LLM_RERANK_TAIL
+    auto_model_class = ("reranker", "decoder-only-base")
 
     output_name = "score"
 
@@ -107,6 +111,9 @@ class LayerWiseRerankerModel(LLMRerankerModel):
     for one cutoff layer, else one list per cutoff layer. ``cutoff_layers=None`` means the layers the bundle was
     built for; any subset of them can be asked for (in ascending order)."""
 
+    flag_signature = LLM_RERANK + [("cutoff_layers", None)] + LLM_RERANK_TAIL
+    auto_model_class = ("reranker", "decoder-only-layerwise")
+
     output_name = "scores"
 
     def __init__(self, bundle: Bundle, *, cutoff_layers=None, **options: Any):
@@ -151,6 +158,12 @@ class LightWeightRerankerModel(LayerWiseRerankerModel):
     compress_layers=None)``. The cutoff layers and compression are compiled into the graph; ``None`` means the
     bundle's settings, other values must match them (a leading subset of the cutoff layers is fine). Padding is
     always on the right, as FlagEmbedding forces it (token compression needs it)."""
+
+    # FlagEmbedding's defaults compress_layers=[8], compress_ratio=1 (no compression); a bundle records its own, so
+    # these defaults are only checked when passed
+    flag_signature = LLM_RERANK + [("cutoff_layers", None), ("compress_layers", [8]), ("compress_ratio", 1)] + \
+        LLM_RERANK_TAIL
+    auto_model_class = ("reranker", "decoder-only-lightweight")
 
     def __init__(self, bundle: Bundle, *, compress_ratio=None, compress_layers=None, **options: Any):
         super().__init__(bundle, **options)
@@ -216,6 +229,12 @@ class LLMEmbedderModel(EncoderModel):
     """Drop-in for ``FlagEmbedding.FlagLLMModel`` (bge-multilingual-gemma2): last-token embeddings, queries with
     ``query_instruction_format`` (default ``"Instruct: {}\\nQuery: {}"``, the class's own default)."""
 
+    flag_signature = EMBED_HEAD + [("query_instruction_format", "Instruct: {}\nQuery: {}"), ("devices", None),
+                                   ("trust_remote_code", False), ("cache_dir", None)] + EMBED_TAIL + [
+        ("convert_to_numpy", True), ("truncate_dim", None)]
+    auto_model_class = ("embedder", "decoder-only-base")
+    loads_half_on_cpu = True
+
     output_name = "pooled"  # the last-token hidden state (the same name as the encoder graphs)
 
     def __init__(self, bundle: Bundle, *, query_instruction_format: str | None = None, query_max_length: int = 512,
@@ -230,6 +249,14 @@ class ICLEmbedderModel(LLMEmbedderModel):
     """Drop-in for ``FlagEmbedding.FlagICLModel`` (bge-en-icl): queries get the in-context examples as a prefix and
     ``suffix`` after a decode / re-encode round trip of the truncated query, exactly as FlagICLModel builds them;
     passages (``encode_corpus`` / ``encode``) are plain text."""
+
+    flag_signature = EMBED_HEAD + [("query_instruction_format", "<instruct>{}\n<query>{}"), ("suffix", "\n<response>"),
+                                   ("devices", None), ("examples_for_task", None),
+                                   ("examples_instruction_format", "<instruct>{}\n<query>{}\n<response>{}"),
+                                   ("trust_remote_code", False), ("cache_dir", None)] + EMBED_TAIL + [
+        ("convert_to_numpy", True), ("truncate_dim", None)]
+    auto_model_class = ("embedder", "decoder-only-icl")
+    loads_half_on_cpu = True
 
     api_methods = LLMEmbedderModel.api_methods + ("set_examples",)
 

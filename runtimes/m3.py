@@ -15,6 +15,7 @@ import numpy as np
 from runtimes.batcher import EngineBatch
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
+from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL
 from runtimes.postprocess import (SCORE_KEYS, colbert_score, colbert_token_counts, finish_embeddings,
                                   lexical_matching_score, lexical_weights, m3_scores, maybe_normalize,
                                   padded_colbert_scores, sparse_dot, trim_colbert)
@@ -31,6 +32,11 @@ class M3Model(BundleModel):
 
     api_methods = ("encode", "encode_queries", "encode_corpus", "compute_score", "compute_lexical_matching_score",
                    "colbert_score", "convert_id_to_token")
+    flag_signature = EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None), ("pooling_method", "cls"),
+                                   ("trust_remote_code", False), ("cache_dir", None), ("colbert_dim", -1)] + EMBED_TAIL + [
+        ("return_dense", True), ("return_sparse", False), ("return_colbert_vecs", False), ("truncate_dim", None)]
+    auto_model_class = ("embedder", "encoder-only-m3")
+    loads_half_on_cpu = True
 
     def __init__(
         self,

@@ -25,7 +25,19 @@ BUILD_TIME = ("model_name_or_path", "use_fp16", "use_bf16", "devices", "pooling_
 
 # FlagEmbedding's embedders load the checkpoint in the asked dtype and call .float() on CPU: with use_fp16=True (their
 # default) they compute in fp32 from fp16-rounded weights. The rerankers switch use_fp16 off on CPU before .half().
-LOADS_HALF_ON_CPU = ("FlagModel", "BGEM3FlagModel", "FlagLLMModel", "FlagICLModel")
+# Each runtime class says which its API does (``loads_half_on_cpu``).
+def loads_half_on_cpu(api) -> bool:
+    import runtimes
+
+    return api in runtimes.RUNTIME_APIS and runtimes.runtime_class(api).loads_half_on_cpu
+
+
+def __getattr__(name: str):
+    if name == "LOADS_HALF_ON_CPU":  # the APIs whose FlagEmbedding class loads half weights on CPU
+        import runtimes
+
+        return tuple(api for api in runtimes.RUNTIME_APIS if loads_half_on_cpu(api))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BundleRunsWarning(UserWarning):
@@ -106,7 +118,7 @@ def split_options(bundle, options: dict, caller: str) -> dict:
             wrong.append(f"{flags} asks for {asked} (build --target {other} for that, or drop the option)")
         elif gpu:  # an int8 GPU bundle
             inert.append(flags)
-        elif asked != "fp32" and m.runtime.get("api") in LOADS_HALF_ON_CPU:
+        elif asked != "fp32" and loads_half_on_cpu(m.runtime.get("api")):
             inert.append(f"{flags} (FlagEmbedding computes in fp32 on CPU, from weights it loaded in {asked}; "
                          "the bundle keeps the checkpoint's weights)")
         else:  # a CPU bundle (FlagEmbedding computes fp32 on CPU whatever use_fp16 says) or an int8 bundle

@@ -7,6 +7,7 @@ import numpy as np
 
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
+from runtimes.flag_api import RERANK
 from runtimes.postprocess import sigmoid
 from runtimes.service import BundleModel
 
@@ -16,6 +17,9 @@ class CrossEncoderModel(BundleModel):
     floats, one per (query, passage) pair, even for a single pair."""
 
     api_methods = ("compute_score",)
+    flag_signature = RERANK
+    auto_model_class = ("reranker", "encoder-only-base")
+    loads_half_on_cpu = False
     output_name = "score"  # the graph output holding each pair's score
 
     def __init__(

@@ -34,6 +34,13 @@ def __getattr__(name: str):
 
 class BundleModel:
     api_methods: tuple[str, ...] = ()  # the FlagEmbedding API methods this class serves (see method_apis())
+    # Each class registered in runtimes.RUNTIME_APIS declares, for its FlagEmbedding API: the constructor's
+    # parameters after model_name_or_path with their defaults (the drop-in class's signature, runtimes.flag_api),
+    # the FlagAutoModel / FlagAutoReranker model_class that picks it (("embedder" | "reranker", value)), and
+    # whether FlagEmbedding loads its weights in half precision on CPU under use_fp16 (runtimes.options)
+    flag_signature: list = []
+    auto_model_class: tuple[str, str] | None = None
+    loads_half_on_cpu: bool = False
 
     def __getattr__(self, name: str):
         if "manifest" in self.__dict__ and not name.startswith("__") and name in method_apis():
