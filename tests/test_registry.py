@@ -76,3 +76,20 @@ def test_unit_tests_run_without_torch():
             "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', 'tests', '-k', 'not without_torch']))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_build_key_is_deterministic_and_covers_every_setting():
+    """Equal settings give equal keys; any setting that decides the engine changes the key."""
+    from bge_export.compile import BuildSettings
+
+    base = dict(family="encoder", weights_sha256="ab", variant=(("pooling", '"cls"'),), target="ort-cpu",
+                precision="fp32", export_dtype="fp32", options=(), tools=(("onnxruntime", "1.32.0"),),
+                host=(("vnni", "True"),))
+    key = BuildSettings(**base).key()
+    assert BuildSettings(**base).key() == key and len(key) == 64
+    for field, value in (("weights_sha256", "cd"), ("variant", (("pooling", '"mean"'),)), ("target", "ov-cpu"),
+                         ("precision", "int8"), ("export_dtype", "bf16"), ("options", (("int8_method", '"static"'),)),
+                         ("tools", (("onnxruntime", "1.33.0"),)), ("host", (("vnni", "False"),)),
+                         ("bge_export_version", "9.9")):
+        assert BuildSettings(**{**base, field: value}).key() != key, field
+    assert BuildSettings(**base).to_json()["variant"] == {"pooling": "cls"}
