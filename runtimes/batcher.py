@@ -11,14 +11,16 @@ inputs such as ``query_lengths``) and hands them to a :class:`Batcher`, which
   positions, on the side its batch was padded), stacked in input order (outputs without a sequence axis), or as
   the padded engine batches themselves for a finishing step that needs them.
 
-Nothing here knows a model family. The items of one ``run`` may come from several calls (a server pooling the
-sequences of several requests into one set of engine batches): :meth:`Batcher.run_groups` runs them together and
-hands each group its own items.
+Nothing here knows a model family. A call becomes a :class:`Job` (its sequences, the outputs it reads, and the
+step that turns each item's outputs into the call's result); :meth:`Batcher.execute` runs one job in-process, and a
+server runs the items of many jobs in shared engine batches (``runtimes.server.engine``) and finishes each job
+with the same step, so both give the same numbers. :meth:`Batcher.run_groups` pools several calls' items here.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +105,32 @@ class Results(Sequence):
         return result
 
 
+@dataclass
+class Job:
+    """One API call, as the batcher sees it.
+
+    ``items``: its token sequences; ``outputs``: the engine outputs it reads (None: all); ``per_item(outputs,
+    item)``: the finishing step of one item, run as soon as its batch ran (None: keep the outputs as they are);
+    ``finish(values)``: the per-item values in the items' order -> the call's result; ``batch_size``: rows per
+    engine batch in-process. A job whose result depends on which items share a batch (BGEM3FlagModel.compute_score)
+    sets ``exclusive(batcher)`` instead: it runs its own batches and returns the result, and is never pooled."""
+
+    items: list
+    finish: Callable[[list], Any]
+    outputs: tuple[str, ...] | None = None
+    batch_size: int = 256
+    per_item: Callable[[dict, Any], Any] | None = None
+    exclusive: Callable[["Batcher"], Any] | None = None
+
+    @property
+    def tokens(self) -> int:
+        """The job's tokens, unpadded."""
+        return sum(len(e.ids) for e in self.items)
+
+    def finish_item(self, outputs: dict, item) -> Any:
+        return outputs if self.per_item is None else self.per_item(outputs, item)
+
+
 class Batcher:
     """Pads token sequences into engine batches and runs them on ``backend``.
 
@@ -173,6 +201,18 @@ class Batcher:
             for row, index in enumerate(batch.indices):
                 done[index] = finish(batch.item(row), items[index])
         return done
+
+    def execute(self, job: Job) -> Any:
+        """Run one job in-process: its items in batches of ``job.batch_size`` sorted by length, each finished as
+        its batch ran; then the job's result."""
+        if job.exclusive is not None:
+            return job.exclusive(self)
+        return job.finish(self.map(job.items, job.batch_size, job.finish_item, outputs=job.outputs))
+
+    def padded_tokens(self, longest: int, rows: int) -> int:
+        """What a batch of ``rows`` rows whose longest has ``longest`` tokens costs the engine, padding included."""
+        m = self.pad_to_multiple_of
+        return (-(-longest // m) * m if m else longest) * rows
 
     def run_groups(self, groups: Sequence[Sequence], batch_size: int) -> list[list[dict[str, np.ndarray]]]:
         """Pool the items of several groups (e.g. the sequences of several requests) into one set of engine

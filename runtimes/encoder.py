@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from runtimes.batcher import Job
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
 from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL
@@ -65,9 +66,9 @@ class EncoderModel(BundleModel):
     def max_length(self, value: int) -> None:
         self.query_max_length = self.passage_max_length = self.check_max_length(value)
 
-    # --- FlagModel API ------------------------------------------------------------------------
-    def encode_queries(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
-        return self.encode(
+    # --- FlagModel API: encode, encode_queries and encode_corpus run these jobs (BundleModel) --------------
+    def encode_queries_job(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+        return self.encode_job(
             queries,
             batch_size=batch_size,
             max_length=max_length if max_length is not None else self.query_max_length,
@@ -77,8 +78,8 @@ class EncoderModel(BundleModel):
             **kwargs,
         )
 
-    def encode_corpus(self, corpus, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
-        return self.encode(
+    def encode_corpus_job(self, corpus, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+        return self.encode_job(
             corpus,
             batch_size=batch_size,
             max_length=max_length if max_length is not None else self.passage_max_length,
@@ -88,7 +89,7 @@ class EncoderModel(BundleModel):
             **kwargs,
         )
 
-    def encode(
+    def encode_job(
         self,
         sentences: str | Sequence[str],
         batch_size: int | None = None,
@@ -97,7 +98,7 @@ class EncoderModel(BundleModel):
         instruction: str | None = None,
         instruction_format: str | None = None,
         **kwargs: Any,
-    ) -> np.ndarray:
+    ) -> Job:
         if kwargs:
             raise InputError(f"encode() got unsupported keyword arguments {sorted(kwargs)}")
         self._check_numpy(convert_to_numpy if convert_to_numpy is not None else self.convert_to_numpy)
@@ -107,13 +108,18 @@ class EncoderModel(BundleModel):
             texts = [self.apply_instruction(fmt, instruction, t) for t in texts]
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
         max_length = self.check_max_length(max_length if max_length is not None else self.passage_max_length)
-        return self.embed(self.tokenizer.encode(texts, max_length), batch_size, single)
+        return self.embed_job(self.tokenizer.encode(texts, max_length), batch_size, single)
 
-    def embed(self, encoded, batch_size: int, single: bool) -> np.ndarray:
-        """Token sequences -> finished embeddings in input order (the batcher sorts them by length)."""
-        pooled = self.batcher.run(encoded, batch_size, outputs=(self.output_name,)).stack(self.output_name)
-        out = finish_embeddings(pooled, truncate_dim=self.truncate_dim, normalize=self.normalize_embeddings)
-        return out[0] if single else out
+    def embed_job(self, encoded, batch_size: int, single: bool) -> Job:
+        """Token sequences -> finished embeddings in input order: each item's pooled vector, stacked, truncated to
+        truncate_dim, L2-normalised."""
+        name, truncate_dim, normalize = self.output_name, self.truncate_dim, self.normalize_embeddings
+
+        def finish(pooled: list) -> np.ndarray:
+            out = finish_embeddings(np.stack(pooled), truncate_dim=truncate_dim, normalize=normalize)
+            return out[0] if single else out
+
+        return Job(encoded, finish, outputs=(name,), batch_size=batch_size, per_item=lambda out, item: out[name])
 
     # --- validation -----------------------------------------------------------------------------
     @staticmethod

@@ -102,8 +102,8 @@ class LLMRerankerModel(CrossEncoderModel):
                                                      "prompt_lengths": len(sep) + len(prompt_ids)}))
         return out
 
-    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length, prompt=None) -> np.ndarray:
-        return self.run_scores(self.build_pairs(queries, passages, query_max_length, max_length, prompt), batch_size)
+    def pair_items(self, queries, passages, query_max_length, max_length, prompt=None, **extra) -> list:
+        return self.build_pairs(queries, passages, query_max_length, max_length, prompt)
 
 
 class LayerWiseRerankerModel(LLMRerankerModel):
@@ -142,9 +142,7 @@ class LayerWiseRerankerModel(LLMRerankerModel):
         columns = list(range(len(self.built_cutoffs))) if value is None else self.select_cutoffs(value)
         return {**super().score_options(kwargs), "columns": columns}
 
-    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length, prompt=None,
-                    columns=None) -> np.ndarray:
-        scores = super().score_pairs(queries, passages, batch_size, query_max_length, max_length, prompt)
+    def select_scores(self, scores: np.ndarray, columns=None, **extra) -> np.ndarray:
         return scores[:, columns].T  # (n_cutoffs, N)
 
     @staticmethod
@@ -171,12 +169,12 @@ class LightWeightRerankerModel(LayerWiseRerankerModel):
         self.compress_ratio, self.compress_layers = compress_ratio, compress_layers
         self.score_options({})  # validate the constructor's settings now
 
-    def score_pairs(self, *args, **kwargs) -> np.ndarray:
+    def pair_items(self, *args, **kwargs) -> list:
         if self.tokenizer.padding_side != "right":
             raise InputError("the lightweight reranker needs right padding (its graph reads [query][passage][prompt] "
                              "from the left edge and token compression assumes it; FlagEmbedding forces it too); "
                              "set model.tokenizer.padding_side = 'right'")
-        return super().score_pairs(*args, **kwargs)
+        return super().pair_items(*args, **kwargs)
 
     def select_cutoffs(self, value) -> list[int]:
         # FlagEmbedding records states in ascending layer order and scores the i-th with head i: a leading
@@ -296,7 +294,12 @@ class ICLEmbedderModel(LLMEmbedderModel):
         self.examples_for_task = list(examples_for_task)
         self.prefix = "\n\n".join(parts) + "\n\n"
 
-    def encode_queries(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
+    def set_examples_for_task(self, examples_for_task) -> None:
+        """Per-call examples (with_options): None means none, unlike set_examples(None)."""
+        self.examples_for_task = None
+        self.set_examples(examples_for_task)
+
+    def encode_queries_job(self, queries, batch_size=None, max_length=None, convert_to_numpy=None, **kwargs: Any):
         if kwargs:
             raise InputError(f"encode_queries() got unsupported keyword arguments {sorted(kwargs)}")
         self._check_numpy(convert_to_numpy if convert_to_numpy is not None else self.convert_to_numpy)
@@ -320,4 +323,5 @@ class ICLEmbedderModel(LLMEmbedderModel):
                 "use fewer or shorter examples, or a smaller query_max_length")
         clean = bool(self.defaults.get("clean_up_tokenization_spaces", False))
         round_trip = [tok.decode(ids, clean) for ids in tok.encode_plain(texts, budget)]
-        return self.embed(tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max), batch_size, single)
+        return self.embed_job(tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max), batch_size,
+                              single)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from runtimes.batcher import EngineBatch
+from runtimes.batcher import EngineBatch, Job
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
 from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL
@@ -71,22 +71,22 @@ class M3Model(BundleModel):
         self.unused_token_ids = set(self.defaults["unused_token_ids"])
 
     # --- encode ----------------------------------------------------------------------------------------
-    def encode_queries(self, queries, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+    def encode_queries_job(self, queries, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
                        return_colbert_vecs=None, **kwargs: Any):
-        return self.encode(queries, batch_size, max_length if max_length is not None else self.query_max_length,
+        return self.encode_job(queries, batch_size, max_length if max_length is not None else self.query_max_length,
                            return_dense, return_sparse, return_colbert_vecs,
                            instruction=self.query_instruction_for_retrieval,
                            instruction_format=self.query_instruction_format, **kwargs)
 
-    def encode_corpus(self, corpus, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+    def encode_corpus_job(self, corpus, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
                       return_colbert_vecs=None, **kwargs: Any):
-        return self.encode(corpus, batch_size, max_length if max_length is not None else self.passage_max_length,
+        return self.encode_job(corpus, batch_size, max_length if max_length is not None else self.passage_max_length,
                            return_dense, return_sparse, return_colbert_vecs,
                            instruction=self.passage_instruction_for_retrieval,
                            instruction_format=self.passage_instruction_format, **kwargs)
 
-    def encode(self, sentences, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
-               return_colbert_vecs=None, instruction=None, instruction_format=None, **kwargs: Any) -> dict:
+    def encode_job(self, sentences, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
+                   return_colbert_vecs=None, instruction=None, instruction_format=None, **kwargs: Any) -> Job:
         kwargs.pop("convert_to_numpy", None)  # FlagEmbedding ignores it here too
         if kwargs:
             raise InputError(f"encode() got unsupported keyword arguments {sorted(kwargs)}")
@@ -106,20 +106,25 @@ class M3Model(BundleModel):
         wanted = [name for name, want in (("dense_vecs", want_d), ("token_weights", want_s), ("colbert_vecs", want_c))
                   if want]
 
-        def finish(out: dict, item) -> tuple:
-            return (out["dense_vecs"] if want_d else None,
-                    lexical_weights(out["token_weights"], item.ids, self.unused_token_ids) if want_s else None,
-                    self._finish(trim_colbert(out["colbert_vecs"])) if want_c else None)
+        unused, finish_vecs = self.unused_token_ids, self._finish
 
-        dense, lexical, colbert = zip(*self.batcher.map(encoded, batch_size, finish, outputs=wanted))
-        result = {
-            "dense_vecs": self._finish(np.stack(dense)) if want_d else None,
-            "lexical_weights": list(lexical) if want_s else None,
-            "colbert_vecs": list(colbert) if want_c else None,
-        }
-        if single:
-            result = {k: (v[0] if v is not None else None) for k, v in result.items()}
-        return result
+        def per_item(out: dict, item) -> tuple:
+            return (out["dense_vecs"] if want_d else None,
+                    lexical_weights(out["token_weights"], item.ids, unused) if want_s else None,
+                    finish_vecs(trim_colbert(out["colbert_vecs"])) if want_c else None)
+
+        def finish(values: list) -> dict:
+            dense, lexical, colbert = zip(*values)
+            result = {
+                "dense_vecs": finish_vecs(np.stack(dense)) if want_d else None,
+                "lexical_weights": list(lexical) if want_s else None,
+                "colbert_vecs": list(colbert) if want_c else None,
+            }
+            if single:
+                result = {k: (v[0] if v is not None else None) for k, v in result.items()}
+            return result
+
+        return Job(encoded, finish, outputs=tuple(wanted), batch_size=batch_size, per_item=per_item)
 
     def _finish(self, vecs: np.ndarray) -> np.ndarray:
         """FlagEmbedding's order: truncate_dim first, then L2 normalisation (zero vectors stay zero)."""
@@ -148,8 +153,8 @@ class M3Model(BundleModel):
                 for tid, w in item.items()} for item in items]
         return out[0] if len(out) == 1 else out
 
-    def compute_score(self, sentence_pairs, batch_size=None, max_query_length=None, max_passage_length=None,
-                      weights_for_different_modes=None, **kwargs: Any) -> dict:
+    def compute_score_job(self, sentence_pairs, batch_size=None, max_query_length=None, max_passage_length=None,
+                          weights_for_different_modes=None, **kwargs: Any) -> Job:
         """FlagEmbedding's five scores per pair. As there, pairs are batched in input order (not sorted), no
         instruction and no truncate_dim apply, and ColBERT runs on each padded batch, so a passage padded in its
         batch lets a query token count max(…, 0)."""
@@ -164,17 +169,22 @@ class M3Model(BundleModel):
         if len(w) != 3:
             raise InputError(f"weights_for_different_modes must hold 3 weights (dense, sparse, colbert), got {w}")
         # FlagEmbedding's batch composition: the caller's order, batch_size pairs at a time, queries and passages
-        # as separate engine batches (run lazily: chunk k's queries, then its passages, then chunk k + 1)
-        queries = self.batcher.batches(self.tokenizer.encode([a for a, _ in pairs], q_len), batch_size,
-                                       keep_order=True)
-        passages = self.batcher.batches(self.tokenizer.encode([b for _, b in pairs], p_len), batch_size,
-                                        keep_order=True)
-        scores = {k: [] for k in SCORE_KEYS}
-        for q_batch, p_batch in zip(queries, passages):
-            for k, v in self._pair_scores(q_batch, p_batch, w).items():
-                scores[k] += v
-        scores = {k: [float(x) for x in v] for k, v in scores.items()}
-        return {k: v[0] for k, v in scores.items()} if single else scores
+        # as separate engine batches (run lazily: chunk k's queries, then its passages, then chunk k + 1). The
+        # scores depend on it, so this job runs its own batches (never pooled with other calls)
+        q_items = self.tokenizer.encode([a for a, _ in pairs], q_len)
+        p_items = self.tokenizer.encode([b for _, b in pairs], p_len)
+
+        def run(batcher) -> dict:
+            queries = batcher.batches(q_items, batch_size, keep_order=True)
+            passages = batcher.batches(p_items, batch_size, keep_order=True)
+            scores = {k: [] for k in SCORE_KEYS}
+            for q_batch, p_batch in zip(queries, passages):
+                for k, v in self._pair_scores(q_batch, p_batch, w).items():
+                    scores[k] += v
+            scores = {k: [float(x) for x in v] for k, v in scores.items()}
+            return {k: v[0] for k, v in scores.items()} if single else scores
+
+        return Job(q_items + p_items, finish=None, batch_size=batch_size, exclusive=run)
 
     def _pair_scores(self, q: EngineBatch, p: EngineBatch, weights) -> dict[str, list[float]]:
         """The five scores of the pairs (q row i, p row i) of two padded batches: ColBERT on the padded rows (the

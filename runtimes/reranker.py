@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from runtimes.batcher import Job
 from runtimes.bundle import Bundle
 from runtimes.errors import InputError
 from runtimes.flag_api import RERANK
@@ -47,8 +48,8 @@ class CrossEncoderModel(BundleModel):
         self.query_max_length = None if query_max_length is None else self.check_max_length(query_max_length)
         self.normalize = bool(normalize)
 
-    def compute_score(self, sentence_pairs, batch_size: int | None = None, query_max_length: int | None = None,
-                      max_length: int | None = None, normalize: bool | None = None, **kwargs: Any):
+    def compute_score_job(self, sentence_pairs, batch_size: int | None = None, query_max_length: int | None = None,
+                          max_length: int | None = None, normalize: bool | None = None, **kwargs: Any) -> Job:
         extra = self.score_options(kwargs)
         pairs = self.check_pairs(sentence_pairs)
         batch_size = self.check_batch_size(batch_size if batch_size is not None else self.batch_size)
@@ -63,10 +64,15 @@ class CrossEncoderModel(BundleModel):
         if self.passage_instruction_for_rerank is not None:
             passages = [self.apply_instruction(self.passage_instruction_format, self.passage_instruction_for_rerank, p)
                         for p in passages]
-        scores = self.score_pairs(queries, passages, batch_size, query_max_length, max_length, **extra)
-        if normalize if normalize is not None else self.normalize:
-            scores = sigmoid(scores)
-        return self.format_scores(np.asarray(scores, dtype=np.float64))
+        items = self.pair_items(queries, passages, query_max_length, max_length, **extra)
+        normalize = normalize if normalize is not None else self.normalize
+        name, select, format_scores = self.output_name, self.select_scores, self.format_scores
+
+        def finish(scores: list):
+            scores = select(np.stack(scores).astype(np.float64), **extra)
+            return format_scores(sigmoid(scores) if normalize else scores)
+
+        return Job(items, finish, outputs=(name,), batch_size=batch_size, per_item=lambda out, item: out[name])
 
     # --- what the reranker families change --------------------------------------------------------
     def score_options(self, kwargs: dict) -> dict:
@@ -75,14 +81,13 @@ class CrossEncoderModel(BundleModel):
             raise InputError(f"compute_score() got unsupported keyword arguments {sorted(kwargs)}")
         return {}
 
-    def score_pairs(self, queries, passages, batch_size, query_max_length, max_length) -> np.ndarray:
-        encoded = self.tokenizer.encode_pairs(queries, passages, query_max_length, max_length)
-        return self.run_scores(encoded, batch_size)
+    def pair_items(self, queries, passages, query_max_length, max_length, **extra) -> list:
+        """The token sequences of the (query, passage) pairs."""
+        return self.tokenizer.encode_pairs(queries, passages, query_max_length, max_length)
 
-    def run_scores(self, encoded, batch_size: int) -> np.ndarray:
-        """Token sequences -> the graph's scores in input order, float64 (the batcher sorts them by length)."""
-        results = self.batcher.run(encoded, batch_size, outputs=(self.output_name,))
-        return results.stack(self.output_name).astype(np.float64)
+    def select_scores(self, scores: np.ndarray, **extra) -> np.ndarray:
+        """The graph's scores of every pair (stacked in input order, float64) -> the scores the call returns."""
+        return scores
 
     @staticmethod
     def format_scores(scores: np.ndarray):

@@ -1,6 +1,7 @@
 """What every family's runtime shares: bundle + backend + tokenizer + batcher, and input checks."""
 from __future__ import annotations
 
+import copy
 import functools
 
 import numpy as np
@@ -32,6 +33,15 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _run_job_method(name: str, planner):
+    @functools.wraps(planner)
+    def method(self, *args, **kwargs):
+        return self.batcher.execute(getattr(self, f"{name}_job")(*args, **kwargs))
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 class BundleModel:
     api_methods: tuple[str, ...] = ()  # the FlagEmbedding API methods this class serves (see method_apis())
     # Each class registered in runtimes.RUNTIME_APIS declares, for its FlagEmbedding API: the constructor's
@@ -41,6 +51,35 @@ class BundleModel:
     flag_signature: list = []
     auto_model_class: tuple[str, str] | None = None
     loads_half_on_cpu: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        """An API method ``m`` with a ``m_job`` planner is ``batcher.execute(m_job(...))``: the call's sequences and
+        finishing step (runtimes.batcher.Job), run in-process. A server runs the same jobs in shared batches."""
+        super().__init_subclass__(**kwargs)
+        for name in cls.api_methods:
+            planner = getattr(cls, f"{name}_job", None)
+            if planner is not None and not hasattr(cls, name):
+                setattr(cls, name, _run_job_method(name, planner))
+
+    def job(self, method: str, *args, **kwargs):
+        """The Job of API call ``method(*args, **kwargs)`` (validated as the call itself validates)."""
+        planner = getattr(self, f"{method}_job", None) if method in self.api_methods else None
+        if planner is None:
+            raise InputError(f"{method}() is not a batched API call of {self.manifest.runtime['api']} (its calls: "
+                             f"{', '.join(m for m in self.api_methods if hasattr(self, m + '_job'))})")
+        return planner(*args, **kwargs)
+
+    def with_options(self, **options):
+        """A copy of this model sharing its engine, tokenizer and batcher, with per-call options changed through
+        its ``set_<option>`` methods (validated as the constructor validates them); a server's per-request
+        options. The copy's changes never reach this model."""
+        clone = copy.copy(self)
+        for key, value in options.items():
+            setter = getattr(clone, f"set_{key}", None)
+            if setter is None:
+                raise InputError(f"'{key}' cannot be set per call on a {self.manifest.runtime['api']} bundle")
+            setter(value)
+        return clone
 
     def __getattr__(self, name: str):
         if "manifest" in self.__dict__ and not name.startswith("__") and name in method_apis():
@@ -90,11 +129,22 @@ class BundleModel:
         self.passage_instruction_format = self.check_instruction_format(passage_instruction_format,
                                                                         "passage_instruction_format")
         self.batch_size = self.check_batch_size(batch_size)
+        self.truncate_limit = truncate_limit
+        self.set_truncate_dim(truncate_dim)
+
+    # per-call options of the embedders (with_options)
+    def set_truncate_dim(self, truncate_dim) -> None:
+        limit = self.truncate_limit
         if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer))
-                                         or not 1 <= truncate_dim <= truncate_limit):
-            raise InputError(f"truncate_dim must be an int in 1..{truncate_limit} (the embedding size) or None, "
+                                         or not 1 <= truncate_dim <= limit):
+            raise InputError(f"truncate_dim must be an int in 1..{limit} (the embedding size) or None, "
                              f"got {truncate_dim!r}")
         self.truncate_dim = None if truncate_dim is None else int(truncate_dim)
+
+    def set_normalize_embeddings(self, value) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise InputError(f"normalize_embeddings must be a bool, got {value!r}")
+        self.normalize_embeddings = bool(value)
 
     # --- checks shared by every family ---------------------------------------------------------------
     @staticmethod
