@@ -9,7 +9,7 @@ import sys
 
 from bge_export import __version__
 
-COMMANDS = ("inspect", "parity", "bench", "families", "lint")
+COMMANDS = ("inspect", "parity", "bench", "serve", "families", "lint")
 
 MAIN_DESCRIPTION = """\
 Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
@@ -20,6 +20,7 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
   bge-export inspect bundles/small-int8            # what is in a bundle
   bge-export parity bundles/small-int8             # re-run parity
   bge-export bench bundles/a bundles/b             # time bundles against FlagEmbedding and optimum
+  bge-export serve bundles/a bundles/b --port 8080 # HTTP: TEI, OpenAI and Cohere routes, batched across requests
   bge-export --model BAAI/bge-m3 --target trt-fp16 --trt-seq-buckets 128,512,2048 --out bundles/m3-trt
   bge-export lint bundles/m3-onnx-fp16 --target trt  # what would stop or slow a TensorRT build (no TensorRT needed)
   bge-export --model BAAI/bge-reranker-v2-minicpm-layerwise --cutoff-layers 28,40 --out bundles/lw
@@ -51,6 +52,7 @@ other commands (bge-export COMMAND --help):
   inspect   show a bundle's manifest: family, target, files, fusions, parity
   parity    re-run parity of a bundle against FlagEmbedding
   bench     time bundles against FlagEmbedding and optimum's ONNX export
+  serve     serve bundles over HTTP (text-embeddings-inference, OpenAI, Cohere routes; the serve extra)
   lint      check a bundle's graph for what TensorRT cannot parse or runs slowly (runs without TensorRT)
   families  list the supported families and targets, and what this CPU can run fast
 
@@ -301,6 +303,12 @@ def cmd_lint(argv: list[str]) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_serve(argv: list[str]) -> int:
+    from runtimes.server import main as serve_main
+
+    return serve_main(argv)
+
+
 def raise_unknown_command(word: str, commands) -> None:
     import difflib
 
@@ -314,8 +322,8 @@ def raise_unknown_command(word: str, commands) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "families": cmd_families,
-                "lint": cmd_lint}
+    handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "serve": cmd_serve,
+                "families": cmd_families, "lint": cmd_lint}
     handler = handlers.get(argv[0]) if argv else None
     from runtimes.errors import BgeError
 

@@ -93,7 +93,11 @@ def load(path: str | Path, *, verify: bool = True, **options):
     when it was built (``use_fp16``, ``devices``, ``pooling_method``, ...) are accepted with a warning where they
     cannot change its result and refused where they contradict it (runtimes.options).
     """
-    bundle = open_checked(path, verify=verify)
+    return load_bundle(open_checked(path, verify=verify), **options)
+
+
+def load_bundle(bundle, **options):
+    """:func:`load` on a bundle already opened (runtimes.open_bundle / open_checked)."""
     api = bundle.manifest.runtime.get("api")
     if api not in RUNTIME_APIS:
         raise IncompatibleBundleError(

@@ -23,6 +23,9 @@ _EXTRAS = {
     "openvino": ("openvino", "OpenVINO engines (the ov-cpu targets)"),
     "nncf": ("openvino", "int8 quantization for OpenVINO (ov-cpu-int8)"),
     "matplotlib": ("dev", "benchmark plots"),
+    "fastapi": ("serve", "the HTTP server (bge-export serve)"),
+    "uvicorn": ("serve", "the HTTP server (bge-export serve)"),
+    "pydantic": ("serve", "the HTTP server (bge-export serve)"),
 }
 
 # ONNX Runtime's CPU and GPU packages install into the same `onnxruntime/` folder, and the runtime depends on the

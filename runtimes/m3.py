@@ -70,6 +70,11 @@ class M3Model(BundleModel):
         self.return_dense, self.return_sparse, self.return_colbert_vecs = return_dense, return_sparse, return_colbert_vecs
         self.unused_token_ids = set(self.defaults["unused_token_ids"])
 
+    @property
+    def max_length(self) -> int:
+        """The passages' max_length (as EncoderModel's)."""
+        return self.passage_max_length
+
     # --- encode ----------------------------------------------------------------------------------------
     def encode_queries_job(self, queries, batch_size=None, max_length=None, return_dense=None, return_sparse=None,
                        return_colbert_vecs=None, **kwargs: Any):

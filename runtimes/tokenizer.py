@@ -55,6 +55,29 @@ class Tokenizer:
         tok = self._for_length(max_length if max_length is not None else 1 << 30)
         return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
+    def count(self, texts: list[str]) -> list[int]:
+        """Each text's token count with the special tokens of one sequence, untruncated."""
+        return [len(e.ids) for e in self._for_length(1 << 30).encode_batch(texts, add_special_tokens=True)]
+
+    def details(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
+        """text-embeddings-inference's /tokenize: each token's id, text, whether it is special, and its character
+        span in the input (start, stop)."""
+        out = []
+        for text, e in zip(texts, self._for_length(1 << 30).encode_batch(texts, add_special_tokens=add_special_tokens)):
+            tokens = []
+            for tid, token, special, (start, stop) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets):
+                tokens.append({"id": tid, "text": token if special else text[start:stop], "special": bool(special),
+                               "start": None if special else start, "stop": None if special else stop})
+            out.append(tokens)
+        return out
+
+    def vocab_size(self) -> int:
+        return self._for_length(1 << 30).get_vocab_size(with_added_tokens=True)
+
+    def decode_plain(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        """The tokenizers library's decode (text-embeddings-inference's /decode)."""
+        return self._for_length(1 << 30).decode(ids, skip_special_tokens=skip_special_tokens)
+
     def decode_one(self, token_id: int, clean_up_tokenization_spaces: bool) -> str:
         """``tokenizer.decode([token_id])`` as transformers does it (special tokens kept)."""
         return self.decode([token_id], clean_up_tokenization_spaces)

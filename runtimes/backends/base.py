@@ -78,6 +78,7 @@ class Backend(ABC):
 
     exclusive = False
     kind: str = ""  # the manifest's engine.kind this backend runs (set by each backend module's class)
+    threads_option: str | None = None  # the backend option that sets the engine's CPU threads, if it has one
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
                  padding=None, max_length: int | None = None):

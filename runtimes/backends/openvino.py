@@ -51,6 +51,7 @@ class OpenVinoBackend(Backend):
     (None: no cache); ``buckets`` pads to shape buckets (see the module doc)."""
 
     kind = "openvino"
+    threads_option = "num_threads"  # the backend option that sets its engine threads (a server sets it)
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  num_threads: int | None = None, cache_dir: str | Path | None = "default", buckets: bool | None = None,

@@ -36,6 +36,7 @@ class OrtBackend(Backend):
     pads to shape buckets; ``cuda_graph`` captures one CUDA graph per bucket (CUDA only, needs IO binding)."""
 
     kind = "onnxruntime"
+    threads_option = "intra_op_num_threads"  # the backend option that sets its engine threads (a server sets it)
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  intra_op_num_threads: int = 0, allow_spinning: bool = True, providers: list[str] | None = None,

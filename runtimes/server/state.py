@@ -1,0 +1,158 @@
+"""What a server holds: its settings, and per bundle the model, its engine worker and what its API can do."""
+from __future__ import annotations
+
+import inspect
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtimes.errors import InputError
+from runtimes.server.engine import EngineWorker
+from runtimes.server.metrics import Metrics
+
+# FlagEmbedding's embedding heads, as encode()'s keywords name them (BGEM3FlagModel has three)
+HEADS = ("return_dense", "return_sparse", "return_colbert_vecs")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The limits and resources of one server (``bge-export serve --help`` explains each)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    max_batch_tokens: int = 16384
+    max_concurrent_requests: int = 512
+    max_client_batch_size: int = 32
+    payload_limit: int = 2_000_000
+    threads: int | None = None  # engine threads per bundle; None: the cores divided among the bundles
+    tokenization_workers: int | None = None
+    auto_truncate: bool = False
+    options: dict = field(default_factory=dict)  # runtime constructor options for every bundle
+    backend_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
+        for name in ("threads", "tokenization_workers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
+
+    def engine_threads(self, bundles: int) -> int:
+        return self.threads or max(1, available_cores() // max(1, bundles))
+
+
+class ServedModel:
+    """One bundle behind the server: its runtime model, its engine worker, and what its FlagEmbedding API offers
+    (read from the API's own methods and keywords, so no family is named here)."""
+
+    def __init__(self, name: str, path: Path, model, worker: EngineWorker, threads: int):
+        self.name, self.path, self.model, self.worker, self.threads = name, path, model, worker, threads
+        m = model.manifest
+        self.api, self.family, self.target = m.runtime["api"], m.family, m.target
+        self.calls = {method: inspect.signature(getattr(model, f"{method}_job"))
+                      for method in model.api_methods if hasattr(model, f"{method}_job")}
+        self.embeds = "encode" in self.calls
+        self.reranks = "compute_score" in self.calls and not self.embeds
+        self.heads = [h for h in HEADS if self.embeds and h in self.calls["encode"].parameters]
+        self.score_keywords = set(self.calls["compute_score"].parameters) if "compute_score" in self.calls else set()
+        self.per_call_options = sorted(n[4:] for n in dir(model) if n.startswith("set_") and callable(getattr(model, n)))
+
+    @property
+    def kind(self) -> str:
+        return "embedding" if self.embeds else "reranker"
+
+    def inputs_parameter(self, method: str) -> str:
+        """The name of the call's first argument (sentences, queries, corpus, sentence_pairs)."""
+        return next(iter(self.calls[method].parameters))
+
+    def info(self) -> dict:
+        m = self.model.manifest
+        return {
+            "model_id": self.name, "model_type": {self.kind: {"api": self.api}}, "family": self.family,
+            "target": self.target, "api": self.api, "path": str(self.path),
+            "model_dtype": m.data.get("build", {}).get("precision") or m.engine.get("precision"),
+            "max_input_length": int(self.model.max_length), "engine": m.engine.get("kind"),
+            "engine_threads": self.threads, "calls": sorted(self.calls), "heads": self.heads,
+            "per_call_options": self.per_call_options,
+            "truncation_side": self.model.tokenizer.truncation_side,
+            "padding_side": self.model.tokenizer.padding_side,
+        }
+
+
+class ServerState:
+    """The served bundles (by name, in the order given), the shared tokenization pool and the metrics."""
+
+    def __init__(self, settings: ServerSettings, models: dict[str, ServedModel], metrics: Metrics,
+                 pool: ThreadPoolExecutor):
+        self.settings, self.models, self.metrics, self.pool = settings, models, metrics, pool
+        self.in_flight = 0  # inputs holding a permit (changed on the event loop only)
+
+    @classmethod
+    def load(cls, bundles: list[str | Path], settings: ServerSettings, names: list[str] | None = None,
+             progress=None) -> "ServerState":
+        """Open every bundle (its engine with ``settings.engine_threads`` threads) and start its worker."""
+        import runtimes
+        from runtimes.backends import get_backend_class
+
+        if not bundles:
+            raise InputError("give at least one bundle folder to serve")
+        names = list(names or [])
+        if len(names) > len(bundles):
+            raise InputError(f"{len(names)} --name values for {len(bundles)} bundles; give at most one per bundle")
+        paths = [Path(b) for b in bundles]
+        names += [p.resolve().name for p in paths[len(names):]]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise InputError(f"two bundles would be served as {dupes}; give each a distinct --name")
+        metrics = Metrics()
+        threads = settings.engine_threads(len(paths))
+        models: dict[str, ServedModel] = {}
+        try:
+            for name, path in zip(names, paths):
+                if progress:
+                    progress(f"loading {path} as '{name}' ({threads} engine threads)")
+                bundle = runtimes.open_checked(path)
+                backend_cls = get_backend_class(bundle.manifest.engine["kind"])
+                backend_options = dict(settings.backend_options)
+                if backend_cls.threads_option and backend_cls.threads_option not in backend_options:
+                    backend_options[backend_cls.threads_option] = threads
+                model = runtimes.load_bundle(bundle, backend_options=backend_options, **settings.options)
+                worker = EngineWorker(model, max_batch_tokens=settings.max_batch_tokens, name=name, metrics=metrics)
+                models[name] = ServedModel(name, path, model, worker, threads)
+        except BaseException:
+            for served in models.values():
+                served.worker.stop()
+            raise
+        workers = settings.tokenization_workers or max(1, min(4, available_cores()))
+        return cls(settings, models, metrics, ThreadPoolExecutor(workers, thread_name_prefix="tokenize"))
+
+    def get(self, name: str | None) -> ServedModel:
+        if name is None or name == "":
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            raise LookupError(f"this server serves {len(self.models)} models ({', '.join(self.models)}); say which "
+                              "one in the request's 'model' field")
+        served = self.models.get(name)
+        if served is None:
+            if len(self.models) == 1:  # as text-embeddings-inference: one model answers whatever it is called
+                return next(iter(self.models.values()))
+            raise LookupError(f"model '{name}' is not served here (served: {', '.join(self.models)})")
+        return served
+
+    def close(self) -> None:
+        """Stop every engine worker after what it queued, then the tokenization pool (safe to call twice)."""
+        for served in self.models.values():
+            served.worker.stop()
+        self.pool.shutdown(wait=True)
