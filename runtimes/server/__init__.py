@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-truncate", action="store_true",
                    help="cut over-long inputs to max_length unless a request says \"truncate\": false "
                         "(default: refuse them with 422 unless it says \"truncate\": true)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a runtime option for every bundle, as runtimes.load(BUNDLE, KEY=VALUE) takes it; VALUE is "
-                        "JSON or a plain string (e.g. query_instruction_for_retrieval=..., max_length=256)")
+    p.add_argument("--option", action="append", default=[], metavar="[NAME:]KEY=VALUE",
+                   help="a runtime option, as runtimes.load(BUNDLE, KEY=VALUE) takes it, for the bundle served as NAME "
+                        "or for every bundle; VALUE is JSON or a plain string (e.g. "
+                        "query_instruction_for_retrieval=..., max_length=256)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an engine backend option (e.g. allow_spinning=false); VALUE is JSON or a plain string")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -82,6 +83,15 @@ def parse_options(pairs: list[str], flag: str) -> dict:
     return out
 
 
+def parse_bundle_options(pairs: list[str]) -> dict[str, dict]:
+    """--option values -> {served name (or "" for every bundle): {key: value}}."""
+    out: dict[str, dict] = {}
+    for key, value in parse_options(pairs, "--option").items():
+        name, _, option = key.rpartition(":")
+        out.setdefault(name, {})[option] = value
+    return out
+
+
 def settings_from(args):
     from runtimes.server.state import ServerSettings
 
@@ -89,7 +99,7 @@ def settings_from(args):
         host=args.host, port=args.port, api_key=args.api_key, max_batch_tokens=args.max_batch_tokens,
         max_concurrent_requests=args.max_concurrent_requests, max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit, threads=args.threads, tokenization_workers=args.tokenization_workers,
-        auto_truncate=args.auto_truncate, options=parse_options(args.option, "--option"),
+        auto_truncate=args.auto_truncate, options=parse_bundle_options(args.option),
         backend_options=parse_options(args.backend_option, "--backend-option"))
 
 

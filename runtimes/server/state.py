@@ -36,7 +36,7 @@ class ServerSettings:
     threads: int | None = None  # engine threads per bundle; None: the cores divided among the bundles
     tokenization_workers: int | None = None
     auto_truncate: bool = False
-    options: dict = field(default_factory=dict)  # runtime constructor options for every bundle
+    options: dict = field(default_factory=dict)  # served name ("" for every bundle) -> runtime constructor options
     backend_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -116,6 +116,9 @@ class ServerState:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise InputError(f"two bundles would be served as {dupes}; give each a distinct --name")
+        unknown = sorted(set(settings.options) - set(names) - {""})
+        if unknown:
+            raise InputError(f"--option names {unknown}, which no bundle is served as (served: {', '.join(names)})")
         metrics = Metrics()
         threads = settings.engine_threads(len(paths))
         models: dict[str, ServedModel] = {}
@@ -128,7 +131,11 @@ class ServerState:
                 backend_options = dict(settings.backend_options)
                 if backend_cls.threads_option and backend_cls.threads_option not in backend_options:
                     backend_options[backend_cls.threads_option] = threads
-                model = runtimes.load_bundle(bundle, backend_options=backend_options, **settings.options)
+                options = {**settings.options.get("", {}), **settings.options.get(name, {})}
+                try:
+                    model = runtimes.load_bundle(bundle, backend_options=backend_options, **options)
+                except InputError as exc:
+                    raise InputError(f"bundle '{name}' ({path}): {exc}") from None
                 worker = EngineWorker(model, max_batch_tokens=settings.max_batch_tokens, name=name, metrics=metrics)
                 models[name] = ServedModel(name, path, model, worker, threads)
         except BaseException:
