@@ -323,5 +323,7 @@ class ICLEmbedderModel(LLMEmbedderModel):
                 "use fewer or shorter examples, or a smaller query_max_length")
         clean = bool(self.defaults.get("clean_up_tokenization_spaces", False))
         round_trip = [tok.decode(ids, clean) for ids in tok.encode_plain(texts, budget)]
-        return self.embed_job(tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max), batch_size,
-                              single)
+        items = tok.encode([self.prefix + t + self.suffix for t in round_trip], new_max)
+        for e in items:
+            e.truncated = None  # the query was cut before the prompt was built: not recorded here
+        return self.embed_job(items, batch_size, single)

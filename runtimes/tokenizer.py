@@ -21,6 +21,7 @@ class Encoded:
     ids: list[int]
     type_ids: list[int]
     extra: dict = field(default_factory=dict)  # per-row scalar graph inputs (e.g. query_lengths)
+    truncated: bool | None = None  # whether truncation cut the text (None: not recorded)
 
 
 class Tokenizer:
@@ -48,7 +49,7 @@ class Tokenizer:
 
     def encode(self, texts: list[str], max_length: int) -> list[Encoded]:
         encodings = self._for_length(max_length).encode_batch(texts, add_special_tokens=True)
-        return [Encoded(e.ids, e.type_ids) for e in encodings]
+        return [Encoded(e.ids, e.type_ids, truncated=bool(e.overflowing)) for e in encodings]
 
     def encode_plain(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
         """``tokenizer(texts, add_special_tokens=False[, truncation=True, max_length=n])['input_ids']``."""
@@ -101,11 +102,13 @@ class Tokenizer:
         special = p_tok.num_special_tokens_to_add(is_pair=True)
         out = []
         for q, p in zip(qs, ps):
+            cut = bool(q.overflowing or p.overflowing)
             excess = len(q.ids) + len(p.ids) + special - max_length
             if 0 < excess < len(p.ids):
                 p.truncate(len(p.ids) - excess, direction=self.truncation_side)
+                cut = True
             pair = p_tok.post_process(q, p, add_special_tokens=True)
-            out.append(Encoded(pair.ids, pair.type_ids))
+            out.append(Encoded(pair.ids, pair.type_ids, truncated=cut))
         return out
 
     def pad(self, batch: list[Encoded], pad_to_multiple_of: int | None = None) -> dict[str, np.ndarray]:

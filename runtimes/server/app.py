@@ -30,6 +30,7 @@ from runtimes.server.state import ServedModel, ServerState
 log = logging.getLogger("bge_export.server")
 access_log = logging.getLogger("bge_export.server.access")
 
+INLINE_FINISH_TOKENS = 2048  # jobs up to this size are finished on the event loop (microseconds)
 OPEN_ROUTES = {"/health", "/metrics"}  # answered without the API key, as text-embeddings-inference does
 TIMING_HEADERS = ("x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time", "x-compute-tokens")
 QUERY_NAMES = {"query", "search_query", "queries"}
@@ -193,7 +194,10 @@ def create_app(state: ServerState):
                 request.scope["bge.error"] = "client_gone"
                 raise ClientGone()
             timing.queue, timing.inference = ticket.queue_seconds, ticket.inference_seconds
-            result = await loop.run_in_executor(state.pool, ticket.finish)
+            if job.tokens <= INLINE_FINISH_TOKENS:  # cheaper than a hop to the pool
+                result = ticket.finish()
+            else:
+                result = await loop.run_in_executor(state.pool, ticket.finish)
         finally:
             state.in_flight -= n
             metrics.set("bge_inputs_in_flight", state.in_flight)
@@ -530,17 +534,22 @@ async def _disconnected(request) -> None:
 
 def _plan(served: ServedModel, method: str, kwargs: dict, options: dict, check: list[str] | None):
     """On the tokenization pool: refuse over-long inputs (unless truncating), then the call's Job."""
-    model = served.model
-    if check:
-        limit = int(model.max_length)
-        for i, n in enumerate(model.tokenizer.count(check)):
-            if n > limit:
-                raise HTTPError(422, f"input {i} has {n} tokens, above the model's max_length {limit}; send "
-                                     "\"truncate\": true to cut it (as FlagEmbedding does), or shorten it",
-                                "validation")
-    if options:
-        model = model.with_options(**options)
+    model = served.model.with_options(**options) if options else served.model
     job = model.job(method, **kwargs)
+    if check and job.exclusive is None:
+        flags = [e.truncated for e in job.items]
+        if None in flags:  # the family's tokenization does not record truncation: count the texts
+            limit = int(model.max_length)
+            long = [(i, n) for i, n in enumerate(model.tokenizer.count(check)) if n > limit]
+            if long:
+                i, n = long[0]
+                raise HTTPError(422, f"input {i} has {n} tokens, above the model's max_length {limit}; send "
+                                     "\"truncate\": true to cut it (as FlagEmbedding does), or shorten it", "validation")
+        elif any(flags):
+            i = flags.index(True)
+            raise HTTPError(422, f"input {i} is longer than the model's max_length ({int(model.max_length)} tokens) "
+                                 "and would be cut; send \"truncate\": true to cut it (as FlagEmbedding does), or "
+                                 "shorten it", "validation")
     served.worker.check(job)
     return job
 
