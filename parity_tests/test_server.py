@@ -325,6 +325,30 @@ def test_errors_and_limits(strict):
         assert c.get("/health").json()["status"] == "ok"
 
 
+def test_bad_inputs_at_the_default_limits(paths):
+    """What the load-and-faults list asks, at the defaults: each gets its 4xx and the error JSON."""
+    srv = LiveServer([paths["encoder"]], "--threads", "1")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=120) as c:
+            def status(**kw):
+                r = c.post("/embed", **kw)
+                assert set(r.json()) == {"error", "error_type"} or r.status_code == 200, r.text[:200]
+                return r.status_code
+
+            assert status(content=b'{"inputs": ["unclosed"', headers={"content-type": "application/json"}) == 400
+            assert status(json={"inputs": {"a": 1}}) == 422
+            assert status(json={"inputs": ["x"], "truncate": "no"}) == 422
+            assert status(content=b'{"inputs": ["\xc3\x28"]}', headers={"content-type": "application/json"}) == 400
+            assert status(json={"inputs": ["x" * 100] * 30000}) == 413  # 3 MB body, over the 2 MB default
+            assert status(json={"inputs": ["text"] * 10000}) == 422  # over --max-client-batch-size 32
+            one_mb = "word " * 200_000
+            assert status(json={"inputs": [one_mb]}) == 422  # too long, truncate not asked
+            assert status(json={"inputs": [one_mb], "truncate": True}) == 200
+            assert c.get("/health").status_code == 200
+    finally:
+        assert srv.stop() == 0
+
+
 def test_overload_answers_429_with_retry_after_and_stays_healthy(strict):
     auth = {"Authorization": "Bearer sekret"}
     long_text = "words " * 60

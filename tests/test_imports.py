@@ -84,3 +84,13 @@ def test_families_command_lists_the_matrix(capsys):
 
     assert cpu["default_target"] == ("ov-cpu-bf16" if cpu["bf16"] else FP32_CPU_DEFAULT), cpu
     assert all(t in fams[f]["targets"] for f in fams for t in ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8"))
+
+
+def test_serve_help_and_error_without_the_serve_extra():
+    block = "for m in ('fastapi', 'uvicorn', 'pydantic', 'starlette', 'orjson'):\n    sys.modules[m] = None\n"
+    r = _run(block + "from bge_export.cli import main\ntry:\n    main(['serve', '--help'])\nexcept SystemExit as e:\n"
+                     "    assert e.code == 0\n")
+    assert r.returncode == 0 and "--max-batch-tokens" in r.stdout, r.stderr
+    r = _run(block + "import runtimes.server, runtimes.server.engine, runtimes.server.metrics\n"
+                     "from bge_export.cli import main\nraise SystemExit(main(['serve', 'some/bundle']))\n")
+    assert r.returncode == 2 and "pip install 'bge-export[serve]'" in r.stderr, r.stderr
