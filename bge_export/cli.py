@@ -9,7 +9,7 @@ import sys
 
 from bge_export import __version__
 
-COMMANDS = ("inspect", "parity", "bench", "serve", "families", "lint")
+COMMANDS = ("inspect", "parity", "bench", "serve", "embed", "families", "lint")
 
 MAIN_DESCRIPTION = """\
 Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding, and write it atomically.
@@ -21,6 +21,7 @@ Export a BAAI BGE checkpoint to an engine bundle, check it against FlagEmbedding
   bge-export parity bundles/small-int8             # re-run parity
   bge-export bench bundles/a bundles/b             # time bundles against FlagEmbedding and optimum
   bge-export serve bundles/a bundles/b --port 8080 # HTTP: TEI, OpenAI and Cohere routes, batched across requests
+  bge-export embed bundles/a --input corpus.jsonl --output emb/   # a corpus to Parquet (--ray auto: on Ray)
   bge-export --model BAAI/bge-m3 --target trt-fp16 --trt-seq-buckets 128,512,2048 --out bundles/m3-trt
   bge-export lint bundles/m3-onnx-fp16 --target trt  # what would stop or slow a TensorRT build (no TensorRT needed)
   bge-export --model BAAI/bge-reranker-v2-minicpm-layerwise --cutoff-layers 28,40 --out bundles/lw
@@ -53,6 +54,7 @@ other commands (bge-export COMMAND --help):
   parity    re-run parity of a bundle against FlagEmbedding
   bench     time bundles against FlagEmbedding and optimum's ONNX export
   serve     serve bundles over HTTP (text-embeddings-inference, OpenAI, Cohere routes; the serve extra)
+  embed     embed a corpus (JSONL, Parquet, text) into Parquet shards, in-process or on Ray (corpus / ray extras)
   lint      check a bundle's graph for what TensorRT cannot parse or runs slowly (runs without TensorRT)
   families  list the supported families and targets, and what this CPU can run fast
 
@@ -309,6 +311,12 @@ def cmd_serve(argv: list[str]) -> int:
     return serve_main(argv)
 
 
+def cmd_embed(argv: list[str]) -> int:
+    from runtimes.corpus import main as embed_main
+
+    return embed_main(argv)
+
+
 def raise_unknown_command(word: str, commands) -> None:
     import difflib
 
@@ -323,7 +331,7 @@ def raise_unknown_command(word: str, commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "serve": cmd_serve,
-                "families": cmd_families, "lint": cmd_lint}
+                "embed": cmd_embed, "families": cmd_families, "lint": cmd_lint}
     handler = handlers.get(argv[0]) if argv else None
     from runtimes.errors import BgeError
 

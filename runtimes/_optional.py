@@ -26,6 +26,8 @@ _EXTRAS = {
     "fastapi": ("serve", "the HTTP server (bge-export serve)"),
     "uvicorn": ("serve", "the HTTP server (bge-export serve)"),
     "pydantic": ("serve", "the HTTP server (bge-export serve)"),
+    "pyarrow": ("corpus", "reading and writing Parquet (bge-export embed)"),
+    "ray": ("ray", "running on a Ray cluster (--ray)"),
 }
 
 # ONNX Runtime's CPU and GPU packages install into the same `onnxruntime/` folder, and the runtime depends on the

@@ -179,11 +179,25 @@ class Batcher:
             order = np.argsort([-len(e.ids) for e in items], kind="stable")
         return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
+    def plan_tokens(self, items: Sequence, max_tokens: int) -> list[np.ndarray]:
+        """The item indices of each batch by a token budget: by descending length (stable), each batch as many
+        items as fit ``max_tokens`` padded tokens (at least one)."""
+        order = np.argsort([-len(e.ids) for e in items], kind="stable")
+        out, start = [], 0
+        while start < len(order):
+            longest = len(items[order[start]].ids)  # the first of a batch is its longest
+            rows = max(1, max_tokens // max(1, self.padded_tokens(longest, 1)))
+            out.append(order[start:start + rows])
+            start += rows
+        return out
+
     def batches(self, items: Sequence, batch_size: int, *, keep_order: bool = False,
-                outputs: Sequence[str] | None = None) -> Iterator[EngineBatch]:
+                outputs: Sequence[str] | None = None, max_tokens: int | None = None) -> Iterator[EngineBatch]:
         """The engine batches of ``items``, each run when it is reached (a caller can finish one batch before the
-        next runs, and drop it)."""
-        for indices in self.plan(items, batch_size, keep_order=keep_order):
+        next runs, and drop it); ``max_tokens`` batches by padded tokens instead of ``batch_size`` rows."""
+        plan = self.plan_tokens(items, max_tokens) if max_tokens else self.plan(items, batch_size,
+                                                                                keep_order=keep_order)
+        for indices in plan:
             yield self.run_batch([items[i] for i in indices], indices, outputs)
 
     def run(self, items: Sequence, batch_size: int, *, keep_order: bool = False,
@@ -193,21 +207,22 @@ class Batcher:
         return Results(list(self.batches(items, batch_size, keep_order=keep_order, outputs=outputs)), len(items))
 
     def map(self, items: Sequence, batch_size: int, finish: Callable[[dict, object], object], *,
-            keep_order: bool = False, outputs: Sequence[str] | None = None) -> list:
+            keep_order: bool = False, outputs: Sequence[str] | None = None, max_tokens: int | None = None) -> list:
         """``finish(item_outputs, item)`` for every item, in the items' order; each engine batch is finished as
         soon as it ran and then dropped, so only the finished results stay in memory."""
         done: list = [None] * len(items)
-        for batch in self.batches(items, batch_size, keep_order=keep_order, outputs=outputs):
+        for batch in self.batches(items, batch_size, keep_order=keep_order, outputs=outputs, max_tokens=max_tokens):
             for row, index in enumerate(batch.indices):
                 done[index] = finish(batch.item(row), items[index])
         return done
 
-    def execute(self, job: Job) -> Any:
-        """Run one job in-process: its items in batches of ``job.batch_size`` sorted by length, each finished as
-        its batch ran; then the job's result."""
+    def execute(self, job: Job, max_tokens: int | None = None) -> Any:
+        """Run one job in-process: its items in batches of ``job.batch_size`` sorted by length (or of up to
+        ``max_tokens`` padded tokens), each finished as its batch ran; then the job's result."""
         if job.exclusive is not None:
             return job.exclusive(self)
-        return job.finish(self.map(job.items, job.batch_size, job.finish_item, outputs=job.outputs))
+        return job.finish(self.map(job.items, job.batch_size, job.finish_item, outputs=job.outputs,
+                                   max_tokens=max_tokens))
 
     def padded_tokens(self, longest: int, rows: int) -> int:
         """What a batch of ``rows`` rows whose longest has ``longest`` tokens costs the engine, padding included."""
