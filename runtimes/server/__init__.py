@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "query_instruction_for_retrieval=..., max_length=256)")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an engine backend option (e.g. allow_spinning=false); VALUE is JSON or a plain string")
+    p.add_argument("--ray", default=None, metavar="auto|local|ADDRESS",
+                   help="run as a Ray Serve deployment: 'auto' joins the running cluster, 'local' starts one here, or a "
+                        "cluster address; every replica is this whole server (the ray extra)")
+    p.add_argument("--replicas", type=int, default=None, metavar="N", help="with --ray: N replicas (default 1)")
+    p.add_argument("--autoscale", default=None, metavar="MIN,MAX",
+                   help="with --ray: between MIN and MAX replicas, scaled on ongoing requests")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level; access logs are JSON lines at info (default info)")
     return p
@@ -127,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(message)s")
     say = (lambda msg: print(f"bge-export serve: {msg}", file=sys.stderr, flush=True))
+    if args.ray is None and (args.replicas is not None or args.autoscale is not None):
+        print("bge-export serve: error: --replicas and --autoscale need --ray", file=sys.stderr)
+        return 2
+    if args.ray is not None:
+        return serve_on_ray(args, say)
     try:
         from runtimes._optional import require
 
@@ -166,6 +177,21 @@ def main(argv: list[str] | None = None) -> int:
         state.close()  # already done by the app's shutdown, unless the server never started
     say("stopped")
     return 0 if server.started else 1
+
+
+def serve_on_ray(args, say) -> int:
+    try:
+        from runtimes._optional import require
+        from runtimes.server.ray_serve import deploy, parse_autoscale
+
+        require("fastapi")
+        settings = settings_from(args)
+        deploy(args.bundles, settings, args.name or [], args.ray, args.replicas, parse_autoscale(args.autoscale), say)
+    except BgeError as exc:
+        print(f"bge-export serve: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    say("stopped")
+    return 0
 
 
 if __name__ == "__main__":

@@ -613,8 +613,8 @@ class AccessLog:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), None) \
-            or uuid.uuid4().hex[:16]
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
+        rid = given or uuid.uuid4().hex[:16]  # a proxy in front (Ray Serve's) that sends one also answers with it
         scope["bge.request_id"] = rid
         start = time.perf_counter()
         status = {"code": 0}
@@ -625,7 +625,8 @@ class AccessLog:
                 headers = list(message.get("headers", []))
                 have = {k.lower() for k, _ in headers}
                 headers += [(h.encode(), b"0") for h in TIMING_HEADERS if h.encode() not in have]
-                headers.append((b"x-request-id", rid.encode("latin-1")))
+                if given is None:
+                    headers.append((b"x-request-id", rid.encode("latin-1")))
                 message = {**message, "headers": headers}
             await send(message)
 
