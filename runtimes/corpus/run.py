@@ -34,7 +34,7 @@ class EmbedSettings:
     method: str = "encode"
     colbert: bool = False
     options: dict = field(default_factory=dict)
-    batch_tokens: int = 16384
+    batch_tokens: int = 2048
     shard_rows: int = 10_000
     resume: bool = False
     ray: str | None = None

@@ -277,22 +277,21 @@ def create_app(state: ServerState):
     def dense(result) -> np.ndarray:
         return result["dense_vecs"] if isinstance(result, dict) else result
 
+    async def embed_request(request: Request, heads=("return_dense",)):
+        """A TEI embedding route's request: its body, model and texts, run with the given heads."""
+        body = await read_body(request, EmbedRequest)
+        return await embed_texts(request, model_for(request, body.model), body, _texts(body.inputs), heads)
+
     @route("/embed")
     async def embed(request: Request):
         """text-embeddings-inference's /embed: a list of vectors."""
-        body = await read_body(request, EmbedRequest)
-        served = model_for(request, body.model)
-        texts = _texts(body.inputs)
-        result, timing = await embed_texts(request, served, body, texts)
+        result, timing = await embed_request(request)
         return ok(request, plain(np.atleast_2d(dense(result))), timing)
 
     @route("/embed_sparse")
     async def embed_sparse(request: Request):
         """text-embeddings-inference's /embed_sparse: bge-m3's lexical weights as [{"index", "value"}] per input."""
-        body = await read_body(request, EmbedRequest)
-        served = model_for(request, body.model)
-        texts = _texts(body.inputs)
-        result, timing = await embed_texts(request, served, body, texts, ("return_sparse",))
+        result, timing = await embed_request(request, ("return_sparse",))
         weights = result["lexical_weights"]
         weights = [weights] if isinstance(weights, dict) else weights
         return ok(request, [sorted(({"index": int(k), "value": float(v)} for k, v in w.items()),
@@ -301,10 +300,7 @@ def create_app(state: ServerState):
     @route("/embed_all")
     async def embed_all(request: Request):
         """text-embeddings-inference's /embed_all: per-token vectors, here bge-m3's ColBERT vectors."""
-        body = await read_body(request, EmbedRequest)
-        served = model_for(request, body.model)
-        texts = _texts(body.inputs)
-        result, timing = await embed_texts(request, served, body, texts, ("return_colbert_vecs",))
+        result, timing = await embed_request(request, ("return_colbert_vecs",))
         vecs = result["colbert_vecs"]
         return ok(request, plain([vecs] if isinstance(vecs, np.ndarray) else vecs), timing)
 
