@@ -162,12 +162,20 @@ def test_bad_input_is_one_line_and_leaves_no_finished_shard(encoder, bundle, tmp
 ray = pytest.importorskip("ray")
 
 
-def test_on_ray_equals_in_process(encoder, tmp_path):
+def test_on_ray_equals_in_process(encoder, tmp_path, capsys):
     write_jsonl(tmp_path / "c.jsonl", CORPUS[:200])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert embed(encoder, "--input", tmp_path / "c.jsonl", "--output", tmp_path / "ray", "--shard-rows", "40",
                      "--ray", "local", "--workers", "2") == 0
+        # a bad row inside an actor: the same one-line error as in-process, not Ray's traceback
+        rows = [json.dumps({"id": i, "text": f"text {i}"}) for i in range(30)]
+        rows[17] = json.dumps({"id": 17, "text": 17})
+        (tmp_path / "bad.jsonl").write_text("\n".join(rows) + "\n")
+        assert embed(encoder, "--input", tmp_path / "bad.jsonl", "--output", tmp_path / "bad", "--shard-rows", "10",
+                     "--ray", "local", "--workers", "1") == 2
+        err = capsys.readouterr().err
+        assert "bad.jsonl row 18: 'text' is int" in err and "Traceback" not in err, err[-2000:]
     finally:
         ray.shutdown()
     assert embed(encoder, "--input", tmp_path / "c.jsonl", "--output", tmp_path / "local", "--shard-rows", "40") == 0

@@ -240,6 +240,7 @@ def test_tokenize_decode_info_health_metrics(client, local):
     assert tokens[0]["special"] and not tokens[1]["special"] and tokens[1]["text"] == "hello world"[
         tokens[1]["start"]:tokens[1]["stop"]]
     assert post(client, "/decode", {"model": "encoder", "ids": ids}) == "hello world"
+    assert post(client, "/decode", {"model": "encoder", "ids": []}, 400)["error_type"] == "empty"
     info = client.get("/info", params={"model": "m3"}).json()
     assert info["model_id"] == "m3" and info["api"] == "BGEM3FlagModel" and info["max_client_batch_size"] == 64
     assert set(info["models"]) == set(SERVED)

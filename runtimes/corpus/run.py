@@ -8,8 +8,10 @@ shards the manifest does not list, so every input row ends up in the output exac
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from runtimes.corpus.output import (read_manifest, remove_partials, sha256_file, shard_table, write_atomic_table,
                                     write_manifest)
 from runtimes.corpus.sources import Shard, input_files, input_fingerprint, plan_shards, read_shard
-from runtimes.errors import InputError
+from runtimes.errors import BgeError, InputError
 
 FORMAT = "bge-export-embeddings/1"
 METHODS = ("encode", "encode_corpus", "encode_queries")
@@ -56,12 +58,12 @@ class ShardEmbedder:
         if threads and option:
             backend_options[option] = int(threads)
         self.model = runtimes.load_bundle(bundle, backend_options=backend_options, **self.s.options)
-        self.heads = heads_of(self.model, self.s.colbert)
+        self.heads = heads_of(bundle.manifest.runtime.get("api"), self.s.colbert)
 
     def embed(self, shard: Shard, has_ids: bool) -> dict:
         ids, texts = read_shard(shard, self.s.text_column, self.s.id_column, has_ids)
         kwargs = {}
-        if self.heads:  # BGEM3FlagModel: dense + sparse, ColBERT when asked
+        if self.heads["sparse"]:  # BGEM3FlagModel: dense + sparse, ColBERT when asked
             kwargs = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": self.heads["colbert"]}
         job = self.model.job(self.s.method, texts, **kwargs)
         result = self.model.batcher.execute(job, max_tokens=self.s.batch_tokens or None)
@@ -78,20 +80,21 @@ class ShardEmbedder:
         return {"done": np.array(done)}
 
 
-def heads_of(model, colbert: bool) -> dict:
-    """The extra outputs a bundle's encode() offers (BGEM3FlagModel's sparse and ColBERT heads), {} for others."""
+def heads_of(api: str, colbert: bool) -> dict:
+    """What a bundle's encode() gives besides dense vectors, read from its runtime class's encode planner:
+    BGEM3FlagModel's sparse weights (always written) and ColBERT vectors (with --colbert)."""
     import inspect
 
-    if not hasattr(model, "encode_job"):
-        raise InputError(f"{model.manifest.runtime['api']} bundles score pairs, they do not embed texts; give an "
-                         "embedding bundle (FlagModel, BGEM3FlagModel, FlagLLMModel, FlagICLModel)")
-    params = inspect.signature(model.encode_job).parameters
-    if "return_sparse" not in params:
-        if colbert:
-            raise InputError(f"--colbert needs a bundle with ColBERT vectors (bge-m3); this one is "
-                             f"{model.manifest.runtime['api']}")
-        return {}
-    return {"sparse": True, "colbert": bool(colbert)}
+    import runtimes
+
+    planner = getattr(runtimes.runtime_class(api), "encode_job", None) if api in runtimes.RUNTIME_APIS else None
+    if planner is None:
+        raise InputError(f"{api} bundles score pairs, they do not embed texts; give an embedding bundle (FlagModel, "
+                         "BGEM3FlagModel, FlagLLMModel, FlagICLModel)")
+    sparse = "return_sparse" in inspect.signature(planner).parameters
+    if colbert and not sparse:
+        raise InputError(f"--colbert needs a bundle with ColBERT vectors (bge-m3); this one is {api}")
+    return {"sparse": sparse, "colbert": bool(colbert)}
 
 
 class Progress:
@@ -184,21 +187,9 @@ def embed_corpus(settings: EmbedSettings, log=lambda m: print(m, file=sys.stderr
 
 
 def start_manifest(settings: EmbedSettings, bundle, files, shards, has_ids: bool) -> dict:
-    import inspect
-
-    import runtimes
-
     m = bundle.manifest
     build = m.data.get("build", {})
-    api = m.runtime.get("api")
-    planner = getattr(runtimes.runtime_class(api), "encode_job", None) if api in runtimes.RUNTIME_APIS else None
-    if planner is None:
-        raise InputError(f"{api} bundles score pairs, they do not embed texts; give an embedding bundle (FlagModel, "
-                         "BGEM3FlagModel, FlagLLMModel, FlagICLModel)")
-    sparse = "return_sparse" in inspect.signature(planner).parameters
-    if settings.colbert and not sparse:
-        raise InputError(f"--colbert needs a bundle with ColBERT vectors (bge-m3); this one is {api}")
-    heads = {"sparse": sparse, "colbert": bool(settings.colbert)}
+    heads = heads_of(m.runtime.get("api"), settings.colbert)
     return {
         "format": FORMAT, "bundle": str(Path(settings.bundle).resolve()), "build_key": build.get("key"),
         "api": m.runtime.get("api"), "family": m.family, "target": m.target, "method": settings.method,
@@ -241,5 +232,26 @@ def run_on_ray(plain: dict, pending: list[Shard], has_ids: bool, settings: Embed
                         fn_constructor_kwargs={"settings": plain, "threads": per_actor},
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=per_actor,
                         max_restarts=-1, max_task_retries=-1)
-    for row in ds.iter_rows():
-        finished(json.loads(str(row["done"])))
+    try:
+        for row in ds.iter_rows():
+            finished(json.loads(str(row["done"])))
+    except Exception as exc:  # an actor's InputError (a bad row) reaches here as the text of a remote traceback
+        error = remote_user_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+_REMOTE_ERROR = re.compile(r"runtimes\.errors\.(\w+): (.+)")
+
+
+def remote_user_error(exc: BaseException) -> BgeError | None:
+    """The user's mistake (a runtimes.errors type and its one-line message) inside a Ray task's traceback, if any."""
+    import runtimes.errors
+
+    found = _REMOTE_ERROR.findall("".join(traceback.format_exception(exc)))
+    if not found:
+        return None
+    name, message = found[-1]
+    cls = getattr(runtimes.errors, name, None)
+    return (cls if isinstance(cls, type) and issubclass(cls, BgeError) else InputError)(message.strip())

@@ -80,16 +80,13 @@ def plan_shards(files: list[Path], shard_rows: int, text_column: str, id_column:
             file_has_ids = id_column is not None and id_column in names
             n = pf.metadata.num_rows
             offsets = [0] * (-(-n // shard_rows))
-        else:
-            if kind == "text":
-                file_has_ids = False
-            n, offsets, file_has_ids_jsonl = _scan_lines(f, shard_rows, kind, text_column, id_column)
-            file_has_ids = file_has_ids if kind == "text" else file_has_ids_jsonl
+        else:  # line files (a text file has no ids)
+            n, offsets, file_has_ids = _scan_lines(f, shard_rows, kind, text_column, id_column)
         if n == 0:
             raise InputError(f"{f} is empty (no rows); remove it or fill it")
         if has_ids is None:
             has_ids = file_has_ids
-        elif kind != "text" and file_has_ids != has_ids:
+        elif file_has_ids != has_ids:
             raise InputError(f"{f}: {'has' if file_has_ids else 'lacks'} the id column '{id_column}' while "
                              f"{files[0]} {'has' if has_ids else 'lacks'} it; give every file ids or none")
         for k, start in enumerate(range(0, n, shard_rows)):

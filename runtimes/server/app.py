@@ -31,7 +31,6 @@ log = logging.getLogger("bge_export.server")
 access_log = logging.getLogger("bge_export.server.access")
 
 INLINE_FINISH_TOKENS = 2048  # jobs up to this size are finished on the event loop (microseconds)
-OPEN_ROUTES = {"/health", "/metrics"}  # answered without the API key, as text-embeddings-inference does
 TIMING_HEADERS = ("x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time", "x-compute-tokens")
 QUERY_NAMES = {"query", "search_query", "queries"}
 PASSAGE_NAMES = {"passage", "document", "search_document", "passages", "corpus", "documents"}
@@ -95,7 +94,6 @@ def create_app(state: ServerState):
     app = fastapi.FastAPI(title="bge-export server", version=_version(), lifespan=lifespan,
                           description="BGE engine bundles behind text-embeddings-inference's, OpenAI's and Cohere's "
                                       "APIs, plus FlagEmbedding's own calls.")
-    app.state.bge = state
 
     def respond(body: Any, status: int = 200, headers: dict | None = None) -> Response:
         return Response(orjson(body), status_code=status, media_type="application/json", headers=headers)
@@ -170,7 +168,6 @@ def create_app(state: ServerState):
         metrics.set("bge_inputs_in_flight", state.in_flight)
         timing = Timing()
         loop = asyncio.get_running_loop()
-        ticket = None
         try:
             truncate = settings.auto_truncate if truncate is None else truncate
             job = await loop.run_in_executor(state.pool, _plan, served, method, kwargs, options or {},
@@ -252,7 +249,7 @@ def create_app(state: ServerState):
         if missing:
             raise HTTPError(422, f"model '{served.name}' ({served.api}) has no {missing[0][7:]} head (it has: "
                                  f"{', '.join(h[7:] for h in have)})", "validation")
-        direction = getattr(body, "truncation_direction", None)
+        direction = body.truncation_direction
         if direction is not None and direction.lower() != served.model.tokenizer.truncation_side:
             raise HTTPError(422, f"this bundle truncates on the {served.model.tokenizer.truncation_side}, not the "
                                  f"{direction.lower()}", "validation")
@@ -339,9 +336,7 @@ def create_app(state: ServerState):
         count_inputs(request, len(texts), "compute_score")
         scores, timing = await call(request, served, "compute_score", kwargs, check=[query, *texts],
                                     truncate=body.truncate, n=len(texts))
-        if scores and isinstance(scores[0], list):  # several cutoff layers built in: the deepest answers
-            scores = scores[-1]
-        return [float(s) for s in scores], timing
+        return _one_score_each(scores), timing
 
     @route("/rerank")
     async def rerank(request: Request):
@@ -411,8 +406,7 @@ def create_app(state: ServerState):
             scores, timing = await call(request, served, "compute_score",
                                         {"sentence_pairs": pairs, "normalize": not body.raw_scores},
                                         check=[x for p in pairs for x in p], truncate=body.truncate, n=len(pairs))
-            scores = scores[-1] if scores and isinstance(scores[0], list) else scores
-            return ok(request, [[{"label": "relevance", "score": float(s)}] for s in scores], timing)
+            return ok(request, [[{"label": "relevance", "score": s}] for s in _one_score_each(scores)], timing)
         body = _validate(EmbedRequest, data)
         result, timing = await embed_texts(request, served, body, _texts(body.inputs))
         return ok(request, plain(np.atleast_2d(dense(result))), timing)
@@ -435,8 +429,8 @@ def create_app(state: ServerState):
         inputs = kwargs.get(first)
         if inputs is None:
             raise HTTPError(422, f"{method} needs '{first}'", "validation")
-        n = 1 if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], str)
-                                             and first == "sentence_pairs") else len(inputs) if isinstance(inputs, list) else 1
+        one_pair = first == "sentence_pairs" and isinstance(inputs, list) and inputs and isinstance(inputs[0], str)
+        n = len(inputs) if isinstance(inputs, list) and not one_pair else 1
         count_inputs(request, n, method)
         result, timing = await call(request, served, method, kwargs, options=body.options, n=n)
         return ok(request, {"result": plain(result)}, timing)
@@ -461,7 +455,10 @@ def create_app(state: ServerState):
         """text-embeddings-inference's /decode: token ids -> text."""
         body = await read_body(request, DecodeRequest)
         served = model_for(request, body.model)
-        lists = body.ids if body.ids and isinstance(body.ids[0], list) else [body.ids]
+        if not body.ids:
+            raise HTTPError(400, "no token ids: send at least one", "empty")
+        many = isinstance(body.ids[0], list)
+        lists = body.ids if many else [body.ids]
         count_inputs(request, len(lists), "decode")
         tok = served.model.tokenizer
         vocab = tok.vocab_size()
@@ -469,7 +466,7 @@ def create_app(state: ServerState):
         if bad:
             raise HTTPError(422, f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})", "validation")
         texts = [tok.decode_plain(ids, body.skip_special_tokens) for ids in lists]
-        return ok(request, texts if isinstance(body.ids[0], list) else texts[0], Timing())
+        return ok(request, texts if many else texts[0], Timing())
 
     # --- operations ----------------------------------------------------------------------------------------------
     @route("/info", methods=("GET",))
@@ -482,7 +479,7 @@ def create_app(state: ServerState):
                         "max_concurrent_requests": settings.max_concurrent_requests,
                         "max_client_batch_size": settings.max_client_batch_size,
                         "payload_limit": settings.payload_limit, "auto_truncate": settings.auto_truncate,
-                        "tokenization_workers": state.pool._max_workers})
+                        "tokenization_workers": state.tokenization_workers})
 
     @route("/v1/models", methods=("GET",))
     async def list_models(request: Request):
@@ -546,8 +543,15 @@ def _plan(served: ServedModel, method: str, kwargs: dict, options: dict, check: 
             raise HTTPError(422, f"input {i} is longer than the model's max_length ({int(model.max_length)} tokens) "
                                  "and would be cut; send \"truncate\": true to cut it (as FlagEmbedding does), or "
                                  "shorten it", "validation")
-    served.worker.check(job)
-    return job
+    return job  # the worker checks it against the token budget when it is submitted
+
+
+def _one_score_each(scores: list) -> list[float]:
+    """compute_score's result as one score per pair: with several cutoff layers built in (a list per layer), the
+    deepest layer's."""
+    if scores and isinstance(scores[0], list):
+        scores = scores[-1]
+    return [float(s) for s in scores]
 
 
 def _prompt_method(served: ServedModel, name: str | None) -> str:

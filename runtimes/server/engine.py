@@ -19,7 +19,6 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import numpy as np
 
 from runtimes.batcher import Job
 from runtimes.errors import InputError
@@ -36,7 +35,7 @@ class Ticket:
     request learns it is done (``on_done(ticket)`` is called once, from the worker thread)."""
 
     __slots__ = ("job", "outputs", "remaining", "cancelled", "submitted", "started", "ended", "error", "value",
-                 "on_done", "batches")
+                 "on_done")
 
     def __init__(self, job: Job, on_done: Callable[["Ticket"], None]):
         self.job = job
@@ -49,7 +48,6 @@ class Ticket:
         self.error: BaseException | None = None
         self.value: Any = None  # an exclusive job's result
         self.on_done = on_done
-        self.batches = 0
 
     @property
     def queue_seconds(self) -> float:
@@ -84,7 +82,6 @@ class EngineWorker:
     """Runs one bundle's engine on its own thread. ``submit`` is thread-safe; ``stop`` finishes what was queued."""
 
     def __init__(self, model, *, max_batch_tokens: int, name: str, metrics=None):
-        self.model = model
         self.batcher = model.batcher
         self.max_batch_tokens = int(max_batch_tokens)
         self.name = name
@@ -115,19 +112,15 @@ class EngineWorker:
             if job.exclusive is not None:
                 self._queue.append(ticket)
             else:
-                # the request's own sequences longest first (stable), as the in-process batcher orders them
-                lengths = [len(e.ids) for e in job.items]
-                for i in np.argsort([-n for n in lengths], kind="stable"):
-                    self._queue.append(_Entry(ticket, int(i), lengths[i]))
+                # the request's own sequences longest first, in the in-process batcher's order
+                for i in self.batcher.plan(job.items, len(job.items))[0]:
+                    self._queue.append(_Entry(ticket, int(i), len(job.items[i].ids)))
             self._gauge()
             self._cond.notify()
         return ticket
 
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    def queued(self) -> int:
-        return len(self._queue)
 
     def stop(self, timeout: float | None = None) -> None:
         """Run what is queued, then end the thread."""

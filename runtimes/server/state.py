@@ -66,7 +66,6 @@ class ServedModel:
         self.embeds = "encode" in self.calls
         self.reranks = "compute_score" in self.calls and not self.embeds
         self.heads = [h for h in HEADS if self.embeds and h in self.calls["encode"].parameters]
-        self.score_keywords = set(self.calls["compute_score"].parameters) if "compute_score" in self.calls else set()
         self.per_call_options = sorted(n[4:] for n in dir(model) if n.startswith("set_") and callable(getattr(model, n)))
 
     @property
@@ -94,9 +93,10 @@ class ServedModel:
 class ServerState:
     """The served bundles (by name, in the order given), the shared tokenization pool and the metrics."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, ServedModel], metrics: Metrics,
-                 pool: ThreadPoolExecutor):
-        self.settings, self.models, self.metrics, self.pool = settings, models, metrics, pool
+    def __init__(self, settings: ServerSettings, models: dict[str, ServedModel], metrics: Metrics, workers: int):
+        self.settings, self.models, self.metrics = settings, models, metrics
+        self.tokenization_workers = workers
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
         self.in_flight = 0  # inputs holding a permit (changed on the event loop only)
 
     @classmethod
@@ -143,7 +143,7 @@ class ServerState:
                 served.worker.stop()
             raise
         workers = settings.tokenization_workers or max(1, min(4, available_cores()))
-        return cls(settings, models, metrics, ThreadPoolExecutor(workers, thread_name_prefix="tokenize"))
+        return cls(settings, models, metrics, workers)
 
     def get(self, name: str | None) -> ServedModel:
         if name is None or name == "":
