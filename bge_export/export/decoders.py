@@ -1,7 +1,7 @@
 """Our own torch implementation of the decoder architectures behind the LLM-based BGE families.
 
-One compact pre-norm decoder stack covers Llama/Mistral, Gemma, Gemma2 and MiniCPM (the layer-wise reranker's
-backbone); it loads the checkpoints' own weight files (safetensors or weights-only pickles), so the custom-code
+One compact pre-norm decoder stack covers every registered architecture (bge_export/families/decoder_archs.py:
+Llama/Mistral, Gemma, Gemma2, MiniCPM, and what family modules register); it loads the checkpoints' own weight files (safetensors or weights-only pickles), so the custom-code
 models need no ``trust_remote_code``. It is written for export: positions ``arange(L)``, a self-built additive
 causal + padding (+ sliding window) mask with a finite fill, attention as plain MatMul/Softmax (no fused kernels
 that would drop Gemma2's soft-cap), norms, RoPE and softmax in fp32 whatever the weight dtype, and the score
@@ -13,8 +13,6 @@ holds these modules to FlagEmbedding's own classes.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,75 +20,7 @@ from torch import nn
 
 from bge_export.errors import CheckpointError
 from bge_export.export.wrappers import user_weights
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    arch: str  # llama | mistral | gemma | gemma2 | minicpm
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    eps: float
-    rope_theta: float
-    activation: str  # silu | gelu_tanh
-    norm_offset: bool  # Gemma: the RMSNorm weight is stored as (w - 1)
-    embed_scale: float  # Gemma: sqrt(hidden) in the weight dtype; MiniCPM: scale_emb
-    residual_scale: float  # MiniCPM: scale_depth / sqrt(layers)
-    attn_scale: float
-    attn_softcap: float | None  # Gemma2 with eager attention: tanh(s / cap) * cap on the logits
-    sandwich_norms: bool  # Gemma2: extra norms after attention and around the MLP
-    sliding_window: int | None
-    sliding_layers: str  # "all" | "even" (Gemma2: layers 0, 2, 4, ...) | "none"
-
-
-REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-
-
-def spec_from_config(cfg: dict, path: Path, *, attn_softcap: bool = True) -> DecoderSpec:
-    """The architecture numbers of a decoder config.json (missing fields are a CheckpointError)."""
-    missing = [k for k in REQUIRED if k not in cfg]
-    if missing:
-        raise CheckpointError(f"{path}/config.json lacks {missing}; restore it from the original checkpoint")
-    mtype = cfg.get("model_type")
-    arch = {"cost_wise_gemma": "gemma2"}.get(mtype, mtype)
-    if arch not in ("llama", "mistral", "gemma", "gemma2", "minicpm"):
-        raise CheckpointError(f"{path}: decoder model_type {mtype!r} is not implemented (llama, mistral, gemma, "
-                              "gemma2, minicpm, cost_wise_gemma are)")
-    if cfg.get("rope_scaling"):
-        raise CheckpointError(f"{path}: rope_scaling {cfg['rope_scaling']} is not supported by bge-export's decoder "
-                              "implementation (no BGE release uses it)")
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise CheckpointError(f"{path}: attention/MLP biases are not supported (no BGE decoder release has them)")
-    hidden, heads, layers = int(cfg["hidden_size"]), int(cfg["num_attention_heads"]), int(cfg["num_hidden_layers"])
-    head_dim = int(cfg.get("head_dim") or hidden // heads)
-    gemma = arch in ("gemma", "gemma2")
-    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
-    activation = "gelu_tanh" if act in ("gelu_pytorch_tanh", "gelu_tanh", "gelu") and gemma else act
-    if activation not in ("silu", "gelu_tanh"):
-        raise CheckpointError(f"{path}: activation {act!r} is not supported (silu, gelu_pytorch_tanh are)")
-    if arch == "minicpm":
-        for k in ("scale_emb", "scale_depth"):
-            if k not in cfg:
-                raise CheckpointError(f"{path}/config.json lacks the MiniCPM field '{k}'; restore it from the original "
-                                      "bge-reranker-v2-minicpm-layerwise config")
-    window = cfg.get("sliding_window") if arch in ("mistral", "gemma2") else None
-    return DecoderSpec(
-        arch=arch, hidden=hidden, layers=layers, heads=heads, kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=head_dim, intermediate=int(cfg["intermediate_size"]), vocab=int(cfg["vocab_size"]),
-        eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        activation=activation, norm_offset=gemma,
-        embed_scale=math.sqrt(hidden) if gemma else float(cfg.get("scale_emb", 1.0)),
-        residual_scale=float(cfg["scale_depth"]) / math.sqrt(layers) if arch == "minicpm" else 1.0,
-        attn_scale=float(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5 if arch == "gemma2" else head_dim ** -0.5,
-        attn_softcap=(float(cfg["attn_logit_softcapping"]) if arch == "gemma2" and attn_softcap
-                      and cfg.get("attn_logit_softcapping") else None),
-        sandwich_norms=arch == "gemma2", sliding_window=int(window) if window else None,
-        sliding_layers={"gemma2": "even", "mistral": "all"}.get(arch, "none"),
-    )
+from bge_export.families.decoder_archs import DecoderSpec, spec_from_config  # noqa: F401 (re-exported)
 
 
 # --- weights ------------------------------------------------------------------------------------------------
@@ -140,23 +70,29 @@ class Attention(nn.Module):
     def __init__(self, s: DecoderSpec):
         super().__init__()
         self.s = s
-        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=False)
-        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=False)
-        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=False)
-        self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=False)
+        self.q_proj = nn.Linear(s.hidden, s.heads * s.head_dim, bias=s.qkv_bias)
+        self.k_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.v_proj = nn.Linear(s.hidden, s.kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.o_proj = nn.Linear(s.heads * s.head_dim, s.hidden, bias=s.o_bias)
+        if s.qk_norm:  # per-head RMSNorm over head_dim, before RoPE
+            self.q_norm = RMSNorm(s.head_dim, s.eps, s.norm_offset)
+            self.k_norm = RMSNorm(s.head_dim, s.eps, s.norm_offset)
 
     def forward(self, x, cos, sin, bias):
         s = self.s
         b, length, _ = x.shape
-        q = self.q_proj(x).view(b, length, s.heads, s.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, length, s.kv_heads, s.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(b, length, s.heads, s.head_dim)
+        k = self.k_proj(x).view(b, length, s.kv_heads, s.head_dim)
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(b, length, s.kv_heads, s.head_dim).transpose(1, 2)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if s.kv_heads != s.heads:  # grouped-query attention: each KV head serves heads // kv_heads query heads
             g = s.heads // s.kv_heads
             k = k[:, :, None].expand(b, s.kv_heads, g, length, s.head_dim).reshape(b, s.heads, length, s.head_dim)
             v = v[:, :, None].expand(b, s.kv_heads, g, length, s.head_dim).reshape(b, s.heads, length, s.head_dim)
-        scores = torch.matmul(q, k.transpose(-1, -2)).float() * s.attn_scale
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * s.scale
         if s.attn_softcap is not None:
             scores = torch.tanh(scores / s.attn_softcap) * s.attn_softcap
         probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)

@@ -2,7 +2,8 @@
 compressed_reranker.py, llm_embedder.py): config checks, model info, FLOPs, the export dtype variant, the rerankers'
 pair building, parity recipe and bench recipe, and the tiny sentencepiece tokenizers their test checkpoints use.
 
-Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code); prompt building
+Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code), its architectures
+from bge_export/families/decoder_archs.py (a new backbone registers itself there from its family module); prompt building
 stays on the host (runtimes/llm.py), exactly as FlagEmbedding builds it. Cutoff layers, compression settings,
 the Gemma2 attention choice and the export dtype are export-time variants recorded in the manifest.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from bge_export.bench.recipe import BenchRecipe, Workload
 from bge_export.errors import CheckpointError, InternalError, UnsupportedFamilyError
+from bge_export.families.decoder_archs import spec_from_config
 from bge_export.families.base import Family, TensorSpec
 from bge_export.options import Option
 
@@ -54,8 +56,6 @@ class DecoderFamily(Family, abstract=True):
         if not any(ckpt.has(f) for f in TOKENIZER_FILES):
             raise CheckpointError(f"{ckpt.path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
                                   "tokenizer files of the original checkpoint next to the weights")
-        from bge_export.export.decoders import spec_from_config
-
         spec_from_config(ckpt.config, ckpt.path)  # fails early on missing or unsupported config fields
         super().__init__(ckpt, **variant_options)
 
@@ -88,8 +88,6 @@ class DecoderFamily(Family, abstract=True):
         return True
 
     def spec(self):
-        from bge_export.export.decoders import spec_from_config
-
         return spec_from_config(self.ckpt.config, self.ckpt.path, attn_softcap=self.attn_softcap())
 
     def layers_in_graph(self) -> int:
