@@ -38,6 +38,7 @@ SERVED = {
     "lightweight": ("tiny-lightweight", {}),
     "llm-embedder": ("tiny-gemma2-embedder", {"query_instruction_for_retrieval": "Given a web search query"}),
     "icl": ("tiny-icl", {"query_instruction_for_retrieval": "Given a question"}),
+    "code": ("tiny-qwen2-code", {"query_instruction_for_retrieval": "Given a question, retrieve code"}),
 }
 
 
@@ -95,7 +96,7 @@ def same(got, want):
 
 # --- embeddings ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["encoder", "m3", "llm-embedder", "icl"])
+@pytest.mark.parametrize("name", ["encoder", "m3", "llm-embedder", "icl", "code"])
 def test_embed_equals_in_process_encode(client, local, name):
     model = local(name)
     want = model.encode(TEXTS)
@@ -108,6 +109,13 @@ def test_embed_equals_in_process_encode(client, local, name):
     want_p = model.encode_corpus(TEXTS[:3])
     same(post(client, "/embed", {"model": name, "inputs": TEXTS[:3], "input_type": "passage"}),
          want_p["dense_vecs"] if isinstance(want_p, dict) else want_p)
+
+
+def test_a_text_with_no_tokens_is_a_422_where_the_model_cannot_pool_it(client):
+    """Qwen's tokenizers add no special tokens: "" has nothing to pool (FlagLLMModel crashes on it)."""
+    error = post(client, "/embed", {"model": "code", "inputs": ["fine", ""]}, status=422)
+    assert "no tokens" in error["error"]
+    assert len(post(client, "/embed", {"model": "code", "inputs": ["fine"]})) == 1
 
 
 def test_embed_options_equal_constructor_options(client, local):

@@ -242,6 +242,15 @@ class LLMEmbedderModel(EncoderModel):
         super().__init__(bundle, query_instruction_format=fmt, query_max_length=query_max_length,
                          passage_max_length=passage_max_length, **options)
 
+    def embed_job(self, encoded, batch_size: int, single: bool):
+        """Last-token pooling needs a token: a text the tokenizer turns into none (an empty string, with tokenizers
+        that add no BOS / EOS, such as Qwen's) is refused by name, where FlagLLMModel fails inside the model."""
+        empty = next((i for i, e in enumerate(encoded) if not e.ids), None)
+        if empty is not None:
+            raise InputError(f"text {empty} has no tokens (an empty string?): this model's tokenizer adds no special "
+                             "tokens, so last-token pooling has nothing to pool; drop empty texts or give them content")
+        return super().embed_job(encoded, batch_size, single)
+
 
 class ICLEmbedderModel(LLMEmbedderModel):
     """Drop-in for ``FlagEmbedding.FlagICLModel`` (bge-en-icl): queries get the in-context examples as a prefix and

@@ -13,5 +13,6 @@ from bge_export.families import llm_reranker as _llm_reranker  # noqa: E402,F401
 from bge_export.families import layerwise_reranker as _layerwise_reranker  # noqa: E402,F401
 from bge_export.families import compressed_reranker as _compressed_reranker  # noqa: E402,F401
 from bge_export.families import llm_embedder as _llm_embedder  # noqa: E402,F401
+from bge_export.families import qwen_embedder as _qwen_embedder  # noqa: E402,F401
 
 __all__ = ["FAMILIES", "Family", "TensorSpec", "family_from_manifest", "get_family", "recognise", "register_family"]
