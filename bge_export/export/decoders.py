@@ -20,7 +20,7 @@ from torch import nn
 
 from bge_export.errors import CheckpointError
 from bge_export.export.wrappers import user_weights
-from bge_export.families.decoder_archs import DecoderSpec, spec_from_config  # noqa: F401 (re-exported)
+from bge_export.families.decoder_archs import DecoderSpec
 
 
 # --- weights ------------------------------------------------------------------------------------------------
