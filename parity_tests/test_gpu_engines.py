@@ -11,9 +11,10 @@ from bge_export.families import FAMILIES
 from parity_tests.conftest import FAMILY_OF_CASE
 from parity_tests.test_parity import GPU_GRAPH_CASES
 from runtimes._optional import available
+from runtimes.errors import InputError
 
 ONE_CASE_PER_FAMILY = {f: next(c for c in GPU_GRAPH_CASES if FAMILY_OF_CASE[c] == f) for f in FAMILIES}
-TEXTS = ["what is the capital of France?", "?", "中文 😀 " * 3, "a long passage about pandas " * 30, "short"] * 3
+TEXTS = ["what is the capital of France?", "", "中文 😀 " * 3, "a long passage about pandas " * 30, "short"] * 3
 
 
 def call_api(model, family: str):
@@ -23,7 +24,10 @@ def call_api(model, family: str):
         return np.concatenate([out["dense_vecs"].ravel(), np.concatenate([c.ravel() for c in out["colbert_vecs"]]),
                                np.array([w for d in out["lexical_weights"] for w in d.values()], dtype=np.float32)])
     if "dense" in FAMILIES[family].parity_outputs:  # the embedders
-        return model.encode(TEXTS)
+        try:
+            return model.encode(TEXTS)
+        except InputError:  # "" has no tokens where the tokenizer adds none (Qwen): the other texts
+            return model.encode([t for t in TEXTS if t])
     return np.asarray(model.compute_score([[TEXTS[0], t] for t in TEXTS]), dtype=np.float32)
 
 

@@ -51,6 +51,43 @@ def test_an_empty_text_is_a_clear_error(bundle):
     with pytest.raises(InputError, match="text 1 has no tokens"):
         model.encode_corpus(["fine", ""])
     assert model.encode_corpus([" "]).shape == (1, 64)  # a space is a token: only true emptiness is refused
+    # FlagLLMModel instead pools a padding token that attends to nothing (one constant vector, whatever the batch)
+    # and raises IndexError when every text is empty: what the README says it does
+    ref = _auto_reference(bundle("tiny-qwen3-reasoner", "ort-cpu").manifest.data["source"]["checkpoint"])
+    with quiet_stderr():
+        a, b = ref.encode_corpus(["fine", ""])[1], ref.encode_corpus(["a much longer text than the other", "", "x"])[1]
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        with pytest.raises(IndexError):
+            ref.encode_corpus([""])
+
+
+def test_an_empty_row_in_a_corpus_names_its_file_and_row(bundle, tmp_path, capsys):
+    from bge_export.cli import main
+
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(["fine", "also fine", ""])))
+    out = tmp_path / "emb"
+    rc = main(["embed", str(bundle("tiny-qwen2-code", "ort-cpu").bundle), "--input", str(src), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{src} row 3:" in err and "no tokens" in err and "Traceback" not in err, err
+    assert not list(out.glob("*.parquet"))
+
+
+def test_a_hub_snapshot_folder_is_named_after_its_repo(checkpoint_dir, tmp_path):
+    """FlagEmbedding keys the query format on the folder name: a hub cache snapshot (models--BAAI--bge-code-v1/
+    snapshots/<hash>) must count as bge-code-v1, not as <hash>."""
+    from bge_export.compile import prepare
+    from bge_export.families.decoder_archs import spec_from_config
+    from bge_export.families.qwen_embedder import CODE_FORMAT
+
+    snap = tmp_path / "models--BAAI--bge-code-v1" / "snapshots" / "0123abcd"
+    shutil.copytree(checkpoint_dir("tiny-qwen2-code"), snap)
+    family, _ = prepare(snap, "onnx")
+    assert family.ckpt.name == "bge-code-v1" and family.query_format() == CODE_FORMAT
+    # Qwen3Config's head_dim defaults to 128 (not hidden / heads) when config.json leaves it out
+    cfg = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 16,
+           "num_key_value_heads": 8, "intermediate_size": 3072, "vocab_size": 1000}
+    assert spec_from_config(cfg, snap).head_dim == 128
 
 
 def test_qwen_sliding_window_is_refused_by_name(checkpoint_dir, tmp_path, capsys):

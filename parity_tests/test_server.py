@@ -112,7 +112,7 @@ def test_embed_equals_in_process_encode(client, local, name):
 
 
 def test_a_text_with_no_tokens_is_a_422_where_the_model_cannot_pool_it(client):
-    """Qwen's tokenizers add no special tokens: "" has nothing to pool (FlagLLMModel crashes on it)."""
+    """Qwen's tokenizers add no special tokens: "" has nothing to pool (FlagLLMModel pools a padding token)."""
     error = post(client, "/embed", {"model": "code", "inputs": ["fine", ""]}, status=422)
     assert "no tokens" in error["error"]
     assert len(post(client, "/embed", {"model": "code", "inputs": ["fine"]})) == 1

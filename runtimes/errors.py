@@ -25,4 +25,10 @@ class IncompatibleBundleError(BundleError):
 
 
 class InputError(BgeError, TypeError):
-    """Bad arguments to a runtime API call (wrong types, empty batches, bad options)."""
+    """Bad arguments to a runtime API call (wrong types, empty batches, bad options). ``item``: the index of the
+    offending input in the call, where one input is at fault (callers that know where it came from, such as the
+    corpus embedder, name its file and row)."""
+
+    def __init__(self, message: str = "", *, item: int | None = None):
+        super().__init__(message)
+        self.item = item

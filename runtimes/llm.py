@@ -244,11 +244,13 @@ class LLMEmbedderModel(EncoderModel):
 
     def embed_job(self, encoded, batch_size: int, single: bool):
         """Last-token pooling needs a token: a text the tokenizer turns into none (an empty string, with tokenizers
-        that add no BOS / EOS, such as Qwen's) is refused by name, where FlagLLMModel fails inside the model."""
+        that add no BOS / EOS, such as Qwen's) is refused by name. FlagLLMModel pools a padding token that attends to
+        nothing for it (one constant vector that carries no text), and raises IndexError when every text is empty."""
         empty = next((i for i, e in enumerate(encoded) if not e.ids), None)
         if empty is not None:
             raise InputError(f"text {empty} has no tokens (an empty string?): this model's tokenizer adds no special "
-                             "tokens, so last-token pooling has nothing to pool; drop empty texts or give them content")
+                             "tokens, so last-token pooling has nothing to pool; drop empty texts or give them content",
+                             item=empty)
         return super().embed_job(encoded, batch_size, single)
 
 

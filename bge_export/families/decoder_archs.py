@@ -59,6 +59,8 @@ def register_architecture(arch: str, *model_types: str):
     defaults (``common`` holds the parsed shared ones and ``attn_softcap``, the family's attention choice)."""
     def deco(fn: ArchFields) -> ArchFields:
         for mtype in model_types or (arch,):
+            if mtype in ARCHITECTURES and ARCHITECTURES[mtype][1] is not fn:
+                raise ValueError(f"decoder model_type {mtype!r} is already registered (as {ARCHITECTURES[mtype][0]})")
             ARCHITECTURES[mtype] = (arch, fn)
         return fn
     return deco

@@ -39,7 +39,8 @@ def _qwen2(cfg: dict, path: Path, common: dict) -> dict:
 @register_architecture("qwen3", "qwen3")
 def _qwen3(cfg: dict, path: Path, common: dict) -> dict:
     _no_sliding_window(cfg, path)
-    return {"qk_norm": True}  # attention_bias (q, k, v and o) comes from the shared parsing
+    # attention_bias (q, k, v and o) comes from the shared parsing; Qwen3Config's head_dim defaults to 128
+    return {"qk_norm": True, "head_dim": int(cfg.get("head_dim") or 128)}
 
 
 @register_family
@@ -100,8 +101,8 @@ class QwenEmbedderFamily(LLMEmbedderFamily):
         from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr
         from bge_export.families.llm_embedder import QUERY_INSTRUCTION
 
-        # FlagLLMModel fails on a text of no tokens (Qwen's tokenizers add none to "") and the runtime refuses it
-        # with an InputError (parity_tests/test_decoder_api.py): compare on the others
+        # "" has no tokens with Qwen's tokenizers: FlagLLMModel pools a padding token for it (a constant vector that
+        # carries no text), the runtime refuses it (parity_tests/test_qwen_embedder.py); compare on the others
         tok = self.tokenizer()
         texts = {**texts, "edge_cases": [t for t in texts["edge_cases"] if tok(t)["input_ids"]]}
         checks, golden = embedder_parity(self, bundle_path, precision, texts, log=log)

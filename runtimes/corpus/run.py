@@ -65,7 +65,12 @@ class ShardEmbedder:
         kwargs = {}
         if self.heads["sparse"]:  # BGEM3FlagModel: dense + sparse, ColBERT when asked
             kwargs = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": self.heads["colbert"]}
-        job = self.model.job(self.s.method, texts, **kwargs)
+        try:
+            job = self.model.job(self.s.method, texts, **kwargs)
+        except InputError as exc:  # one text at fault (say, no tokens): name its file and row, as read_shard does
+            if exc.item is None:
+                raise
+            raise InputError(f"{shard.file} row {shard.start + exc.item + 1}: {exc}") from None
         result = self.model.batcher.execute(job, max_tokens=self.s.batch_tokens or None)
         table = shard_table(ids, result, self.heads)
         digest = write_atomic_table(table, Path(self.s.output) / shard.name)
