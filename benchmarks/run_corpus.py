@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_corpus(path: Path, rows: int) -> int:
-    """``rows`` passages of 8 to 200 words (a mix of short and long), as JSONL; their total token count."""
+    """``rows`` passages of 8 to 200 words (a mix of short and long), as JSONL; returns ``rows``."""
     from bge_export.parity_run import parity_texts
 
     words = " ".join(parity_texts()["corpus"]).split()

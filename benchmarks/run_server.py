@@ -50,37 +50,31 @@ def tree_cpu_seconds(pid: int) -> float:
 
 class Server:
     def __init__(self, name: str, kind: str, cmd: list[str], port: int, path: str, model_field: str,
-                 env: dict | None = None, ready_path: str = "/health", cwd: Path | None = None):
+                 env: dict | None = None, cwd: Path | None = None):
         self.name, self.kind, self.port, self.path, self.model_field = name, kind, port, path, model_field
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(f"/tmp/bench-server-{name}.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                      start_new_session=True, cwd=cwd)
-        self.ready_path = ready_path
 
     def wait(self, timeout: float = 300) -> None:
-        import urllib.request
-
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {Path(self.log.name).read_text()[-2000:]}")
             try:
-                body = json.dumps({"input": ["warm up"], "model": self.model_field}).encode()
-                req = urllib.request.Request(self.url + self.path, body, {"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=30) as r:
-                    if r.status == 200:
-                        return
+                self.embed(["warm up"], timeout=30)  # urlopen raises for anything but a 2xx answer
+                return
             except OSError:
                 time.sleep(1)
         raise RuntimeError(f"{self.name} did not answer in {timeout} s")
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], timeout: float = 60) -> np.ndarray:
         import urllib.request
 
         body = json.dumps({"input": texts, "model": self.model_field}).encode()
         req = urllib.request.Request(self.url + self.path, body, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             data = json.loads(r.read())["data"]
         return np.array([d["embedding"] for d in sorted(data, key=lambda d: d["index"])], dtype=np.float32)
 

@@ -14,7 +14,7 @@ LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
 class LiveServer:
-    def __init__(self, bundles, *args: str, names=(), timeout: float = 180):
+    def __init__(self, bundles, *args: str, names=(), timeout: float = 180, stop_timeout: float = 60):
         exe = Path(sys.executable).with_name("bge-export")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "bge_export.cli"]
         cmd += ["serve", *map(str, bundles), "--port", "0"]
@@ -23,7 +23,7 @@ class LiveServer:
         cmd += list(args)
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bge-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
-        self.url = None
+        self.url, self.stop_timeout = None, stop_timeout
         deadline = time.time() + timeout
         while time.time() < deadline:
             text = self.text()
@@ -36,6 +36,15 @@ class LiveServer:
             time.sleep(0.2)
         self.proc.kill()
         raise RuntimeError(f"server did not start in {timeout} s:\n{self.text()}")
+
+    def __enter__(self) -> "LiveServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """SIGTERM and wait: a clean exit (0) is part of every test that uses it as ``with LiveServer(...)``."""
+        rc = self.stop(self.stop_timeout)
+        if exc[0] is None:
+            assert rc == 0, self.text()[-3000:]
 
     def text(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

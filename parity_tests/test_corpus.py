@@ -151,6 +151,9 @@ def test_bad_input_is_one_line_and_leaves_no_finished_shard(encoder, bundle, tmp
     fails("--input", tmp_path / "cols.parquet", "--output", tmp_path / "o5", expect="no column 'text'")
     good = write_jsonl(tmp_path / "good.jsonl", CORPUS[:5])
     fails("--input", good, "--output", tmp_path / "o2", expect="--resume")  # an earlier run is there
+    (tmp_path / "o9").mkdir()
+    (tmp_path / "o9" / "_manifest.json").write_text("{not json")
+    fails("--input", good, "--output", tmp_path / "o9", "--resume", expect="not a readable manifest")
     fails("--input", tmp_path / "nope.jsonl", "--output", tmp_path / "o6", expect="does not exist")
     fails("--input", good, "--output", tmp_path / "o7", "--colbert", expect="--colbert needs")
     rc = embed(bundle("tiny-reranker-xlmr", "ort-cpu").bundle, "--input", good, "--output", tmp_path / "o8")
@@ -159,10 +162,8 @@ def test_bad_input_is_one_line_and_leaves_no_finished_shard(encoder, bundle, tmp
 
 # --- Ray ---------------------------------------------------------------------------------------------------
 
-ray = pytest.importorskip("ray")
-
-
 def test_on_ray_equals_in_process(encoder, tmp_path, capsys):
+    ray = pytest.importorskip("ray")  # here, not at the top: the tests above need no Ray
     write_jsonl(tmp_path / "c.jsonl", CORPUS[:200])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -187,6 +188,7 @@ def test_on_ray_equals_in_process(encoder, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_worker_node_removed_mid_run(bundle, tmp_path):
+    ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
     encoder = bundle("minilm-real", "ort-cpu").bundle  # real sizes: the run lasts long enough to lose a node in it

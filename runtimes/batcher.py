@@ -170,19 +170,21 @@ class Batcher:
 
     # --- many ------------------------------------------------------------------------------------------
     @staticmethod
+    def longest_first(items: Sequence) -> np.ndarray:
+        """The item indices by descending length, equal lengths in the items' order."""
+        return np.argsort([-len(e.ids) for e in items], kind="stable")
+
+    @staticmethod
     def plan(items: Sequence, batch_size: int, *, keep_order: bool = False) -> list[np.ndarray]:
         """The item indices of each batch: by descending length (stable), or in the items' order with
         ``keep_order`` (the caller's batch composition: items [0, batch_size) first, and so on)."""
-        if keep_order:
-            order = np.arange(len(items))
-        else:
-            order = np.argsort([-len(e.ids) for e in items], kind="stable")
+        order = np.arange(len(items)) if keep_order else Batcher.longest_first(items)
         return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
     def plan_tokens(self, items: Sequence, max_tokens: int) -> list[np.ndarray]:
         """The item indices of each batch by a token budget: by descending length (stable), each batch as many
         items as fit ``max_tokens`` padded tokens (at least one)."""
-        order = np.argsort([-len(e.ids) for e in items], kind="stable")
+        order = self.longest_first(items)
         out, start = [], 0
         while start < len(order):
             longest = len(items[order[start]].ids)  # the first of a batch is its longest

@@ -1,8 +1,9 @@
 """Our own torch implementation of the decoder architectures behind the LLM-based BGE families.
 
 One compact pre-norm decoder stack covers every registered architecture (bge_export/families/decoder_archs.py:
-Llama/Mistral, Gemma, Gemma2, MiniCPM, and what family modules register); it loads the checkpoints' own weight files (safetensors or weights-only pickles), so the custom-code
-models need no ``trust_remote_code``. It is written for export: positions ``arange(L)``, a self-built additive
+Llama/Mistral, Gemma, Gemma2, MiniCPM, and what family modules register, such as Qwen2 / Qwen3); it loads the
+checkpoints' own weight files (safetensors or weights-only pickles), so the custom-code models need no
+``trust_remote_code``. It is written for export: positions ``arange(L)``, a self-built additive
 causal + padding (+ sliding window) mask with a finite fill, attention as plain MatMul/Softmax (no fused kernels
 that would drop Gemma2's soft-cap), norms, RoPE and softmax in fp32 whatever the weight dtype, and the score
 heads reading only the rows they need (never full-vocabulary logits).

@@ -102,12 +102,12 @@ def spec_from_config(cfg: dict, path: Path, *, attn_softcap: bool = True) -> Dec
 
 # --- the architectures of the BGE decoder releases ----------------------------------------------------------------
 
-@register_architecture("llama", "llama")
+@register_architecture("llama")
 def _llama(cfg: dict, path: Path, common: dict) -> dict:
     return {}
 
 
-@register_architecture("mistral", "mistral")
+@register_architecture("mistral")
 def _mistral(cfg: dict, path: Path, common: dict) -> dict:
     window = cfg.get("sliding_window")
     return {"sliding_window": int(window), "sliding_layers": "all"} if window else {}
@@ -119,7 +119,7 @@ def _gemma_common(cfg: dict, common: dict) -> dict:
             "norm_offset": True, "embed_scale": math.sqrt(common["hidden"])}
 
 
-@register_architecture("gemma", "gemma")
+@register_architecture("gemma")
 def _gemma(cfg: dict, path: Path, common: dict) -> dict:
     return _gemma_common(cfg, common)
 
@@ -134,7 +134,7 @@ def _gemma2(cfg: dict, path: Path, common: dict) -> dict:
             "sliding_window": int(window) if window else None, "sliding_layers": "even" if window else "none"}
 
 
-@register_architecture("minicpm", "minicpm")
+@register_architecture("minicpm")
 def _minicpm(cfg: dict, path: Path, common: dict) -> dict:
     for k in ("scale_emb", "scale_depth"):
         if k not in cfg:

@@ -3,8 +3,8 @@ compressed_reranker.py, llm_embedder.py): config checks, model info, FLOPs, the 
 pair building, parity recipe and bench recipe, and the tiny sentencepiece tokenizers their test checkpoints use.
 
 Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code), its architectures
-from bge_export/families/decoder_archs.py (a new backbone registers itself there from its family module); prompt building
-stays on the host (runtimes/llm.py), exactly as FlagEmbedding builds it. Cutoff layers, compression settings,
+from bge_export/families/decoder_archs.py (a new backbone registers itself there from its family module); prompt
+building stays on the host (runtimes/llm.py), exactly as FlagEmbedding builds it. Cutoff layers, compression settings,
 the Gemma2 attention choice and the export dtype are export-time variants recorded in the manifest.
 """
 from __future__ import annotations
@@ -218,6 +218,16 @@ class CutoffRerankerFamily(DecoderRerankerFamily, abstract=True):
         return {"cutoff_layers": list(self.variant["cutoff_layers"])}
 
 
+def with_other_padding(model, call):
+    """``call()`` with the bundle's tokenizer padding on the other side (left vs right), the side restored after."""
+    side = model.tokenizer.padding_side
+    model.tokenizer.padding_side = "left" if side == "right" else "right"
+    try:
+        return call()
+    finally:
+        model.tokenizer.padding_side = side
+
+
 # --- the rerankers' parity recipe: pair ids, scores per cutoff, both padding sides -------------------------
 
 def score_sample_values(model, sample: dict) -> dict:
@@ -292,10 +302,7 @@ def reranker_parity(family, bundle_path, precision: str, texts: dict, *, log=pri
              "max_abs_rel_spread": f"max |ref - bundle| / max(spread, {SCALE_FLOOR:g})",
              "reference_self_max_abs": f"{family.reference_api} batch 1 vs batch 32"}
     if not family.right_padding_only:
-        side = model.tokenizer.padding_side
-        model.tokenizer.padding_side = "left" if side == "right" else "right"
-        flipped = rows(model.compute_score(everything), len(everything))
-        model.tokenizer.padding_side = side
+        flipped = rows(with_other_padding(model, lambda: model.compute_score(everything)), len(everything))
         values["padding_side_max_abs_rel_spread"] = scaled_error(got, flipped, spread(r))
         notes["padding_side_max_abs_rel_spread"] = "the bundle with left vs right padding"
     checks += gate(family.name, "score", precision, values, notes)

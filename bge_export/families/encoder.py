@@ -5,8 +5,8 @@ Graph: ``pooled (batch, hidden)``, the un-normalised pooled vector.
 """
 from __future__ import annotations
 
-import shutil
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +265,8 @@ def tiny_bert(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, ma
                      initializer_range=initializer_range)
     BertModel(cfg).eval().save_pretrained(str(folder))
     # BGE_EXPORT_BERT_TOKENIZER: a folder with the same files, where the weights package is absent (the GPU run)
-    src = Path(os.environ["BGE_EXPORT_BERT_TOKENIZER"]) if os.environ.get("BGE_EXPORT_BERT_TOKENIZER") else real_minilm()
+    tokenizer_dir = os.environ.get("BGE_EXPORT_BERT_TOKENIZER")
+    src = Path(tokenizer_dir) if tokenizer_dir else real_minilm()
     for name in BERT_TOKENIZER_FILES:  # the real uncased WordPiece tokenizer
         shutil.copyfile(src / name, folder / name)
     return folder

@@ -16,7 +16,8 @@ from pathlib import Path
 from bge_export.errors import CheckpointError
 from bge_export.families.base import TestCase, register_family
 from bge_export.families.decoder_archs import register_architecture
-from bge_export.families.decoders import DECODER_INIT_RANGE, DecoderFamily, decoder_tokenizer_corpus
+from bge_export.families.decoders import (DECODER_INIT_RANGE, SPM_VOCAB_SIZE, DecoderFamily, _check_tokenizer,
+                                          decoder_tokenizer_corpus, tokenizer_vocab_size, with_other_padding)
 from bge_export.families.llm_embedder import LLMEmbedderFamily, embedder_parity, llm_embedder_reference
 
 CODE_FORMAT = "<instruct>{}\n<query>{}"
@@ -30,13 +31,13 @@ def _no_sliding_window(cfg: dict, path: Path) -> None:
                               "no BGE Qwen release uses it (set it to false if the checkpoint was trained without)")
 
 
-@register_architecture("qwen2", "qwen2")
+@register_architecture("qwen2")
 def _qwen2(cfg: dict, path: Path, common: dict) -> dict:
     _no_sliding_window(cfg, path)
     return {"qkv_bias": True, "o_bias": False}  # transformers' Qwen2Attention: bias on q, k, v only
 
 
-@register_architecture("qwen3", "qwen3")
+@register_architecture("qwen3")
 def _qwen3(cfg: dict, path: Path, common: dict) -> dict:
     _no_sliding_window(cfg, path)
     # attention_bias (q, k, v and o) comes from the shared parsing; Qwen3Config's head_dim defaults to 128
@@ -115,14 +116,11 @@ class QwenEmbedderFamily(LLMEmbedderFamily):
         cos = cosine_rows(ref, got)
         checks += gate(self.name, "corpus", precision, {"cosine_min": float(cos.min()), "cosine_mean": float(cos.mean())},
                        {"cosine_min": f"{self.reference_api}.encode_corpus"})
-        side = model.tokenizer.padding_side
-        model.tokenizer.padding_side = "left" if side == "right" else "right"
-        flipped = model.encode_corpus(corpus)
-        model.tokenizer.padding_side = side
+        flipped = with_other_padding(model, lambda: model.encode_corpus(corpus))
         cos = cosine_rows(got, flipped)
         checks += gate(self.name, "padding", precision,
                        {"cosine_min": float(cos.min()), "max_abs": float(np.abs(got - flipped).max())},
-                       {"cosine_min": f"the bundle padded on the {side} vs the other side"})
+                       {"cosine_min": f"the bundle padded on the {model.tokenizer.padding_side} vs the other side"})
         return checks, golden
 
 
@@ -139,8 +137,6 @@ def qwen_tokenizer(folder: Path, *, padding_side: str = "right") -> Path:
     real vocab. Wrapped by Qwen2TokenizerFast (no BOS; the real Qwen tokenizers add no special tokens)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import Qwen2TokenizerFast
-
-    from bge_export.families.decoders import SPM_VOCAB_SIZE, _check_tokenizer
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
@@ -162,10 +158,16 @@ def qwen_tokenizer(folder: Path, *, padding_side: str = "right") -> Path:
     return folder
 
 
-def _randomize_small_tensors(model, seed: int) -> None:
-    """Biases and norm weights start at 0 / 1 in transformers: draw them, so parity proves they are loaded."""
+def _tiny_qwen(folder: Path, config_class: str, padding_side: str, seed: int, **config) -> Path:
+    """The Qwen tokenizer, then ``transformers.<config_class>`` and its Model with random weights, where the biases
+    and norm weights (0 / 1 in transformers) are drawn too, so that parity proves they are loaded."""
     import torch
+    import transformers
 
+    qwen_tokenizer(folder, padding_side=padding_side)
+    cfg = getattr(transformers, config_class)(**{"vocab_size": tokenizer_vocab_size(folder), **config})
+    torch.manual_seed(seed)
+    model = getattr(transformers, config_class.replace("Config", "Model"))(cfg).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -173,6 +175,8 @@ def _randomize_small_tensors(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * DECODER_INIT_RANGE)
             elif "norm" in name:
                 p.copy_(1.0 + (torch.rand(p.shape, generator=g) - 0.5) * 0.5)
+    model.save_pretrained(str(folder))
+    return folder
 
 
 def tiny_qwen2_code(folder: Path, *, seed: int = 41, hidden_size: int = 64, num_hidden_layers: int = 2,
@@ -180,24 +184,13 @@ def tiny_qwen2_code(folder: Path, *, seed: int = 41, hidden_size: int = 64, num_
                     vocab_size: int | None = None, **config_overrides) -> Path:
     """bge-code-v1 layout: Qwen2Model (q/k/v biases, rope_theta 1e6, no sliding window) + the Qwen tokenizer
     (right padding, the Qwen2.5 default)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2Model
-
-    qwen_tokenizer(folder)
-    from bge_export.families.decoders import tokenizer_vocab_size
-
-    cfg = Qwen2Config(
-        vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size,
-        intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-        **{"rope_theta": 1000000.0, "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 28,
-           "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "initializer_range": DECODER_INIT_RANGE,
-           **config_overrides})
-    torch.manual_seed(seed)
-    model = Qwen2Model(cfg).eval()
-    _randomize_small_tensors(model, seed)
-    model.save_pretrained(str(folder))
-    return folder
+    return _tiny_qwen(folder, "Qwen2Config", "right", seed, **({"vocab_size": vocab_size} if vocab_size else {}),
+                      hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                      num_key_value_heads=num_key_value_heads,
+                      **{"rope_theta": 1000000.0, "use_sliding_window": False, "sliding_window": 32768,
+                         "max_window_layers": 28, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                         "initializer_range": DECODER_INIT_RANGE, **config_overrides})
 
 
 def tiny_qwen3_reasoner(folder: Path, *, seed: int = 42, hidden_size: int = 64, num_hidden_layers: int = 2,
@@ -205,20 +198,9 @@ def tiny_qwen3_reasoner(folder: Path, *, seed: int = 42, hidden_size: int = 64, 
                         head_dim: int = 32, vocab_size: int | None = None, **config_overrides) -> Path:
     """bge-reasoner-embed-qwen3-8b-0923 layout: Qwen3Model (q_norm / k_norm, head_dim independent of hidden / heads,
     as in Qwen3-8B's 128) + the Qwen tokenizer padding on the left."""
-    import torch
-    from transformers import Qwen3Config, Qwen3Model
-
-    qwen_tokenizer(folder, padding_side="left")
-    from bge_export.families.decoders import tokenizer_vocab_size
-
-    cfg = Qwen3Config(
-        vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size,
-        intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads, head_dim=head_dim,
-        **{"rope_theta": 1000000.0, "use_sliding_window": False, "attention_bias": False, "rms_norm_eps": 1e-6,
-           "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    model = Qwen3Model(cfg).eval()
-    _randomize_small_tensors(model, seed)
-    model.save_pretrained(str(folder))
-    return folder
+    return _tiny_qwen(folder, "Qwen3Config", "left", seed, **({"vocab_size": vocab_size} if vocab_size else {}),
+                      hidden_size=hidden_size, intermediate_size=intermediate_size,
+                      num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+                      num_key_value_heads=num_key_value_heads, head_dim=head_dim,
+                      **{"rope_theta": 1000000.0, "use_sliding_window": False, "attention_bias": False,
+                         "rms_norm_eps": 1e-6, "initializer_range": DECODER_INIT_RANGE, **config_overrides})

@@ -6,7 +6,6 @@ types: pandas, pyarrow, DuckDB or Spark read them without Ray or bge-export.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from runtimes._optional import require
+from runtimes.errors import InputError
+from runtimes.manifest import file_digest
 
 MANIFEST = "_manifest.json"  # a leading _ : pyarrow, pandas and Spark skip it when they read the folder
 
@@ -42,17 +43,9 @@ def write_atomic_table(table, path: Path) -> str:
     pq = require("pyarrow.parquet")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
-    digest = sha256_file(tmp)
+    digest = file_digest(tmp)
     os.replace(tmp, path)
     return digest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
@@ -65,7 +58,10 @@ def read_manifest(out: Path) -> dict | None:
     path = out / MANIFEST
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a readable manifest ({exc}); give a new --output folder") from None
 
 
 def remove_partials(out: Path) -> int:

@@ -12,15 +12,16 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from runtimes.corpus.output import (read_manifest, remove_partials, sha256_file, shard_table, write_atomic_table,
-                                    write_manifest)
+from runtimes.corpus.output import read_manifest, remove_partials, shard_table, write_atomic_table, write_manifest
 from runtimes.corpus.sources import Shard, input_files, input_fingerprint, plan_shards, read_shard
 from runtimes.errors import BgeError, InputError
+from runtimes.manifest import file_digest
+from runtimes.ray_cluster import connect
 
 FORMAT = "bge-export-embeddings/1"
 METHODS = ("encode", "encode_corpus", "encode_queries")
@@ -156,7 +157,7 @@ def embed_corpus(settings: EmbedSettings, log=lambda m: print(m, file=sys.stderr
         kept = {}
         for name, entry in previous.get("shards", {}).items():  # a listed shard whose file is intact is kept
             path = out / name
-            if path.exists() and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry["sha256"]:
+            if path.exists() and path.stat().st_size == entry.get("bytes") and file_digest(path) == entry["sha256"]:
                 kept[name] = entry
         manifest["shards"] = kept
         log(f"resuming: {len(kept)} of {len(shards)} shards done, {removed} partial files removed")
@@ -173,7 +174,7 @@ def embed_corpus(settings: EmbedSettings, log=lambda m: print(m, file=sys.stderr
         write_manifest(out, manifest)
         progress.add(result["rows"])
 
-    plain = {k: getattr(settings, k) for k in EmbedSettings.__dataclass_fields__}
+    plain = asdict(settings)
     if settings.ray:
         run_on_ray(plain, pending, has_ids, settings, finished, log)
     elif pending:
@@ -213,16 +214,7 @@ def run_on_ray(plain: dict, pending: list[Shard], has_ids: bool, settings: Embed
     """Ray Data: one row per shard, map_batches over an actor pool of ``workers`` actors (each one engine with
     threads = its CPUs); actors that die (a node removed) are restarted and their shards retried; a shard's file is
     written atomically, so a retry only replaces it with the same rows."""
-    from runtimes._optional import require
-
-    ray = require("ray")
-    if not ray.is_initialized():
-        try:
-            ray.init(address=None if settings.ray == "local" else settings.ray, log_to_driver=False,
-                     logging_level="warning")
-        except ConnectionError as exc:
-            raise InputError(f"--ray {settings.ray}: no Ray cluster there ({exc}); start one with `ray start --head`, "
-                             "or use --ray local for a cluster on this machine") from None
+    ray = connect(settings.ray)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # this command prints its own progress
     cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-
 from runtimes.batcher import Job
 from runtimes.errors import InputError
 
@@ -113,7 +112,7 @@ class EngineWorker:
                 self._queue.append(ticket)
             else:
                 # the request's own sequences longest first, in the in-process batcher's order
-                for i in self.batcher.plan(job.items, len(job.items))[0]:
+                for i in self.batcher.longest_first(job.items):
                     self._queue.append(_Entry(ticket, int(i), len(job.items[i].ids)))
             self._gauge()
             self._cond.notify()

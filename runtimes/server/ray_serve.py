@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtimes._optional import require
 from runtimes.errors import InputError
+from runtimes.ray_cluster import connect
 
 APP_NAME = "bge-export"
 
@@ -48,18 +49,12 @@ def deploy(bundles: list[str], settings, names: list[str], address: str, replica
            autoscale: tuple[int, int] | None, say, block: bool = True):
     """Start (or join) the Ray cluster, run the deployment behind Ray Serve's HTTP proxy on settings.host:port, and
     (``block``) wait for SIGTERM / Ctrl-C, then shut the application down. Returns the app's handle."""
-    ray = require("ray")
     serve = require("ray.serve")
     if replicas is not None and autoscale is not None:
         raise InputError("give --replicas or --autoscale, not both")
     if replicas is not None and replicas < 1:
         raise InputError(f"--replicas must be a positive int, got {replicas}")
-    if not ray.is_initialized():
-        try:
-            ray.init(address=None if address == "local" else address, log_to_driver=False, logging_level="warning")
-        except ConnectionError as exc:
-            raise InputError(f"--ray {address}: no Ray cluster there ({exc}); start one with `ray start --head`, or "
-                             "use --ray local for a cluster on this machine") from None
+    ray = connect(address)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     count = autoscale[1] if autoscale else (replicas or 1)
     per_replica = max(cpus / count, 0.1)
