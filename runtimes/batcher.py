@@ -5,7 +5,9 @@ inputs such as ``query_lengths``) and hands them to a :class:`Batcher`, which
 
 * orders them (by descending length, so that a batch pads little; or in the caller's order when a family's result
   depends on which items share a batch, as BGEM3FlagModel.compute_score's ColBERT scores do),
-* cuts the order into batches of ``batch_size`` rows, pads each on the tokenizer's padding side (rounded up to
+* cuts the order into batches of at most ``batch_size`` rows (or ``max_tokens`` padded tokens), and also where the
+  lengths jump, so that padding stays a small part of every batch (:class:`Padding`: the same rule the server's
+  engine worker forms batches by), pads each on the tokenizer's padding side (rounded up to
   ``pad_to_multiple_of``), adds the per-row extra inputs and runs ``backend.infer``,
 * gives back, for every item, ALL of the engine's outputs: per item (sequence-axis outputs cut to the item's own
   positions, on the side its batch was padded), stacked in input order (outputs without a sequence axis), or as
@@ -19,7 +21,7 @@ with the same step, so both give the same numbers. :meth:`Batcher.run_groups` po
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,90 @@ class Results(Sequence):
         return result
 
 
+@dataclass(frozen=True)
+class Padding:
+    """Which sequences may share an engine batch: the padding-aware rule of in-process calls and of the server.
+
+    A batch pads every row to its longest, and on a CPU every padded token costs as much as a real one, so a batch
+    of a 5-token query and a 200-token passage spends 49% of its work on padding. The rule: a batch takes a
+    sequence only while its **padding efficiency** (real tokens / padded tokens) stays at or above
+    ``min_efficiency``, besides the row and token limits. A row shorter than ``short`` tokens counts as ``short``
+    tokens on both sides of that ratio: the engine spends about as much on a row of 3 tokens as on one of
+    ``short`` (its fixed cost per row and per call), so short queries still share a batch. ``min_efficiency`` 0
+    turns the rule off (rows up to the limits, the plain length-sorted cut).
+
+    In-process calls cut their length-sorted items with :meth:`cut`; the server's engine worker grows each batch
+    from the oldest queued sequence with :meth:`grow` (nothing waits behind more than the queue ahead of it)."""
+
+    min_efficiency: float = 0.8
+    short: int = 8
+    pad_to_multiple_of: int | None = None
+
+    def padded(self, longest: int, rows: int) -> int:
+        """Padded tokens of ``rows`` rows whose longest has ``longest`` tokens (rounded up to the multiple)."""
+        m = self.pad_to_multiple_of
+        return (-(-longest // m) * m if m else longest) * rows
+
+    def efficiency(self, lengths: Sequence[int]) -> float:
+        """Real tokens / padded tokens of one batch of these lengths (the true ratio, no floor)."""
+        return sum(lengths) / max(1, self.padded(max(lengths), len(lengths)))
+
+    def _admit(self, real: int, rows: int, longest: int, length: int, max_tokens: int | None,
+               max_rows: int | None) -> float | None:
+        """The batch's floored efficiency with one more row of ``length`` tokens, or None when the row may not join
+        a batch of ``rows`` rows, ``real`` floored real tokens and longest ``longest``."""
+        rows += 1
+        longest = max(longest, length)
+        if (max_rows and rows > max_rows) or (max_tokens and self.padded(longest, rows) > max_tokens):
+            return None
+        eff = (real + max(length, self.short)) / self.padded(max(longest, self.short), rows)
+        return eff if eff >= self.min_efficiency else None
+
+    def cut(self, lengths: Sequence[int], *, max_rows: int | None = None, max_tokens: int | None = None) -> list[int]:
+        """Batch sizes for ``lengths`` sorted by descending length: each batch as many rows as the limits and the
+        efficiency allow (at least one)."""
+        sizes, start, n = [], 0, len(lengths)
+        while start < n:
+            longest = lengths[start]
+            real, rows = max(longest, self.short), 1
+            while start + rows < n:
+                length = lengths[start + rows]
+                if self._admit(real, rows, longest, length, max_tokens, max_rows) is None:
+                    break
+                real += max(length, self.short)
+                rows += 1
+            sizes.append(rows)
+            start += rows
+        return sizes
+
+    def grow(self, lengths: Sequence[int], anchor: int = 0, *, max_rows: int | None = None,
+             max_tokens: int | None = None) -> list[int]:
+        """One batch from a queue of sequence lengths (in arrival order): the ``anchor`` (the oldest) and the
+        queued sequences nearest it in length, taken one at a time from just below or just above the batch's range,
+        whichever keeps the efficiency higher (the longer one on a tie), while the rule allows. Returns queue
+        indices by descending length, arrival order among equals (the rows of a lone request come out in the order
+        :meth:`cut` gives them)."""
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        lo = hi = order.index(anchor)
+        longest = lengths[anchor]
+        real, rows = max(longest, self.short), 1
+        while True:
+            best = None
+            for j in (hi + 1, lo - 1):
+                if 0 <= j < len(order):
+                    eff = self._admit(real, rows, longest, lengths[order[j]], max_tokens, max_rows)
+                    if eff is not None and (best is None or eff > best[0]):
+                        best = (eff, j)
+            if best is None:
+                break
+            j = best[1]
+            lo, hi = min(lo, j), max(hi, j)
+            longest = max(longest, lengths[order[j]])
+            real += max(lengths[order[j]], self.short)
+            rows += 1
+        return sorted(order[lo:hi + 1], key=lambda i: (-lengths[i], i))
+
+
 @dataclass
 class Job:
     """One API call, as the batcher sees it.
@@ -135,13 +221,16 @@ class Batcher:
     """Pads token sequences into engine batches and runs them on ``backend``.
 
     ``tokenizer`` pads (its ``padding_side`` and ``pad_token_id`` are read at each batch, so a side changed later
-    applies); ``input_names`` are the engine's inputs; ``pad_to_multiple_of`` rounds the padded length up."""
+    applies); ``input_names`` are the engine's inputs; ``pad_to_multiple_of`` rounds the padded length up;
+    ``padding`` is the rule that decides which sequences share a batch (:class:`Padding`)."""
 
-    def __init__(self, backend, tokenizer, input_names: list[str], *, pad_to_multiple_of: int | None = None):
+    def __init__(self, backend, tokenizer, input_names: list[str], *, pad_to_multiple_of: int | None = None,
+                 padding: Padding | None = None):
         self.backend = backend
         self.tokenizer = tokenizer
         self.input_names = list(input_names)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.rule = padding or Padding()
         self.sequence_axes = {spec["name"]: list(spec["axes"]).index("sequence")
                               for spec in getattr(backend, "output_specs", []) if "sequence" in spec["axes"]}
 
@@ -174,32 +263,33 @@ class Batcher:
         """The item indices by descending length, equal lengths in the items' order."""
         return np.argsort([-len(e.ids) for e in items], kind="stable")
 
-    @staticmethod
-    def plan(items: Sequence, batch_size: int, *, keep_order: bool = False) -> list[np.ndarray]:
-        """The item indices of each batch: by descending length (stable), or in the items' order with
-        ``keep_order`` (the caller's batch composition: items [0, batch_size) first, and so on)."""
-        order = np.arange(len(items)) if keep_order else Batcher.longest_first(items)
-        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    @property
+    def padding(self) -> Padding:
+        """The batch rule with this batcher's current ``pad_to_multiple_of``."""
+        if self.rule.pad_to_multiple_of != self.pad_to_multiple_of:
+            self.rule = replace(self.rule, pad_to_multiple_of=self.pad_to_multiple_of)
+        return self.rule
 
-    def plan_tokens(self, items: Sequence, max_tokens: int) -> list[np.ndarray]:
-        """The item indices of each batch by a token budget: by descending length (stable), each batch as many
-        items as fit ``max_tokens`` padded tokens (at least one)."""
+    def plan(self, items: Sequence, batch_size: int, *, keep_order: bool = False,
+             max_tokens: int | None = None) -> list[np.ndarray]:
+        """The item indices of each batch: by descending length (stable), cut by :class:`Padding` into batches of
+        at most ``batch_size`` rows (or ``max_tokens`` padded tokens, when given); or in the items' order with
+        ``keep_order``, ``batch_size`` rows each (the caller's batch composition: items [0, batch_size) first, and
+        so on)."""
+        if keep_order:
+            order = np.arange(len(items))
+            return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
         order = self.longest_first(items)
-        out, start = [], 0
-        while start < len(order):
-            longest = len(items[order[start]].ids)  # the first of a batch is its longest
-            rows = max(1, max_tokens // max(1, self.padded_tokens(longest, 1)))
-            out.append(order[start:start + rows])
-            start += rows
-        return out
+        sizes = self.padding.cut([len(items[i].ids) for i in order], max_rows=None if max_tokens else batch_size,
+                                 max_tokens=max_tokens)
+        bounds = np.cumsum([0] + sizes)
+        return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def batches(self, items: Sequence, batch_size: int, *, keep_order: bool = False,
                 outputs: Sequence[str] | None = None, max_tokens: int | None = None) -> Iterator[EngineBatch]:
         """The engine batches of ``items``, each run when it is reached (a caller can finish one batch before the
         next runs, and drop it); ``max_tokens`` batches by padded tokens instead of ``batch_size`` rows."""
-        plan = self.plan_tokens(items, max_tokens) if max_tokens else self.plan(items, batch_size,
-                                                                                keep_order=keep_order)
-        for indices in plan:
+        for indices in self.plan(items, batch_size, keep_order=keep_order, max_tokens=max_tokens):
             yield self.run_batch([items[i] for i in indices], indices, outputs)
 
     def run(self, items: Sequence, batch_size: int, *, keep_order: bool = False,
@@ -228,8 +318,7 @@ class Batcher:
 
     def padded_tokens(self, longest: int, rows: int) -> int:
         """What a batch of ``rows`` rows whose longest has ``longest`` tokens costs the engine, padding included."""
-        m = self.pad_to_multiple_of
-        return (-(-longest // m) * m if m else longest) * rows
+        return self.padding.padded(longest, rows)
 
     def run_groups(self, groups: Sequence[Sequence], batch_size: int) -> list[list[dict[str, np.ndarray]]]:
         """Pool the items of several groups (e.g. the sequences of several requests) into one set of engine

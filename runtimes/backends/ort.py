@@ -61,6 +61,8 @@ class OrtBackend(Backend):
                 f"on a CUDA machine install the GPU build with `{GPU_INSTALL}`, or rebuild the bundle with "
                 "--target ort-cpu")
         self.device = "cuda" if wanted[0] == CUDA else "cpu"
+        if self.device == "cuda":
+            self.batch_tokens = 16384  # text-embeddings-inference's default: a GPU gains from large batches
         self.device_id = int(device_id)
         self.io_binding = self.device == "cuda" if io_binding is None else bool(io_binding)
         self.buckets = self.io_binding if buckets is None else bool(buckets)

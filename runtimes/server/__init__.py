@@ -6,7 +6,7 @@
 Routes: text-embeddings-inference's (/embed, /embed_sparse, /embed_all, /rerank, /tokenize, /decode, POST /,
 /info, /health, /metrics), OpenAI's /v1/embeddings and /v1/models, Cohere's / infinity's /v1/rerank, and
 FlagEmbedding's own calls at /v1/flag/{method}. One engine worker per bundle batches the sequences of every
-request up to --max-batch-tokens (runtimes.server.engine).
+request up to --max-batch-tokens, each batch of sequences of similar lengths (runtimes.server.engine).
 """
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import signal
 import socket
 import sys
 
+from runtimes.batcher import Padding
 from runtimes.errors import BgeError, InputError
+
+PADDING = Padding()
 
 DESCRIPTION = """\
 Serve engine bundles over HTTP with text-embeddings-inference's, OpenAI's and Cohere's APIs, plus FlagEmbedding's
@@ -44,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one and prints it)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics")
-    p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
-                   help="padded tokens per engine batch, summed over the requests that share it (default 16384)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, metavar="N",
+                   help="padded tokens per engine batch, summed over the requests that share it; an input above it is "
+                        "a 422 (default: 2048 on CPU engines, where larger batches run slower per token, 16384 on "
+                        "GPU engines; raised to the model's max_length)")
+    p.add_argument("--min-padding-efficiency", type=float, default=None, metavar="E",
+                   help="a batch takes a queued sequence only while its real tokens stay at least E of its padded "
+                        f"tokens (rows shorter than {PADDING.short} tokens count as {PADDING.short}), so short queries and long passages do not "
+                        f"pad each other; 0 batches any lengths together (default {PADDING.min_efficiency})")
     p.add_argument("--max-concurrent-requests", type=int, default=512, metavar="N",
                    help="inputs in flight (queued or running) before new requests get 429 (default 512)")
     p.add_argument("--max-client-batch-size", type=int, default=32, metavar="N",
@@ -103,6 +112,8 @@ def settings_from(args):
 
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key, max_batch_tokens=args.max_batch_tokens,
+        min_padding_efficiency=(PADDING.min_efficiency if args.min_padding_efficiency is None
+                                else args.min_padding_efficiency),
         max_concurrent_requests=args.max_concurrent_requests, max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit, threads=args.threads, tokenization_workers=args.tokenization_workers,
         auto_truncate=args.auto_truncate, options=parse_bundle_options(args.option),
@@ -160,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(state)
     for served in state.models.values():
         say(f"'{served.name}': {served.api} ({served.family}, {served.target}), max_length "
-            f"{served.model.max_length}, {served.threads} engine threads")
-    say(f"listening on http://{host}:{port} (limits: {settings.max_batch_tokens} batch tokens, "
+            f"{served.model.max_length}, {served.threads} engine threads, batches of up to "
+            f"{served.worker.max_batch_tokens} padded tokens")
+    say(f"listening on http://{host}:{port} (limits: "
         f"{settings.max_concurrent_requests} inputs in flight, {settings.max_client_batch_size} inputs per request, "
         f"{settings.payload_limit} bytes per body); routes at http://{host}:{port}/docs")
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",

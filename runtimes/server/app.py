@@ -475,7 +475,7 @@ def create_app(state: ServerState):
         check_auth(request)
         served = model_for(request, request.query_params.get("model"))
         return respond({**served.info(), "version": _version(), "models": list(state.models),
-                        "max_batch_tokens": settings.max_batch_tokens,
+                        "min_padding_efficiency": settings.min_padding_efficiency,
                         "max_concurrent_requests": settings.max_concurrent_requests,
                         "max_client_batch_size": settings.max_client_batch_size,
                         "payload_limit": settings.payload_limit, "auto_truncate": settings.auto_truncate,

@@ -1,12 +1,15 @@
-"""One engine worker per bundle: a FIFO of token sequences from every request, cut into batches by a token budget.
+"""One engine worker per bundle: a queue of token sequences from every request, cut into batches of similar lengths.
 
-text-embeddings-inference's design: requests are tokenized off the event loop and their sequences queued; when the
-engine is free the worker takes sequences in arrival order (each request's own sequences longest first, so that a
-batch pads little) until the next one would push the batch past ``max_batch_tokens`` counted as padded tokens
-(rows x the longest, rounded up to the bundle's ``pad_to_multiple_of``). Sequences of different requests share a
-batch. No wait timer: a lone request runs at once. Sequences of a request whose client went away are dropped
-before they reach the engine. The engine (ONNX Runtime, OpenVINO) releases the GIL while it runs, so the event
-loop and the tokenizer threads keep going.
+text-embeddings-inference's design with a padding-aware batch: requests are tokenized off the event loop and their
+sequences queued; when the engine is free the worker forms one batch around the **oldest** queued sequence from the
+queued sequences nearest it in length (``runtimes.batcher.Padding.grow``), up to ``max_batch_tokens`` padded tokens
+(rows x the longest, rounded up to the bundle's ``pad_to_multiple_of``) and while the batch's padding efficiency
+(real tokens / padded tokens) stays at or above the rule's minimum. Sequences of different requests share a batch,
+a short query waits for no long passage to pad it, and every batch takes the oldest sequence, so nothing waits
+behind more than the sequences queued before it (no starvation). No wait timer: a lone request runs at once, in
+the batches the in-process call would run. Sequences of a request whose client went away are dropped before they
+reach the engine. The engine (ONNX Runtime, OpenVINO) releases the GIL while it runs, so the event loop and the
+tokenizer threads keep going.
 
 A job whose result depends on which items share a batch (``Job.exclusive``: BGEM3FlagModel.compute_score) runs
 alone, in its own batches, when it reaches the head of the queue.
@@ -23,6 +26,8 @@ from runtimes.batcher import Job
 from runtimes.errors import InputError
 
 log = logging.getLogger("bge_export.server")
+
+WINDOW = 4096  # queued sequences a batch is chosen from (the default --max-concurrent-requests allows 512)
 
 
 class WorkerStopped(RuntimeError):
@@ -148,18 +153,24 @@ class EngineWorker:
                 ticket = self._queue.popleft()
                 self._gauge()
                 return ticket
-            batch: list[_Entry] = []
-            longest = 0
-            while self._queue and isinstance(self._queue[0], _Entry):
-                entry = self._queue[0]
-                if entry.ticket.cancelled:
-                    self._drop(self._queue.popleft())
-                    continue
-                cost = self.batcher.padded_tokens(max(longest, entry.length), len(batch) + 1)
-                if batch and cost > self.max_batch_tokens:
+            window: list[_Entry] = []  # live sequences in arrival order (the head is one), up to an exclusive job
+            for entry in self._queue:
+                if isinstance(entry, Ticket) or len(window) == WINDOW:
                     break
-                batch.append(self._queue.popleft())
-                longest = max(longest, entry.length)
+                if not entry.ticket.cancelled:
+                    window.append(entry)
+            rows = self.batcher.padding.grow([e.length for e in window], 0, max_tokens=self.max_batch_tokens)
+            batch = [window[i] for i in rows]
+            taken = {id(e) for e in batch}
+            kept: deque[_Entry | Ticket] = deque()
+            for entry in self._queue:
+                if id(entry) in taken:
+                    continue
+                if isinstance(entry, _Entry) and entry.ticket.cancelled:
+                    self._drop(entry)
+                else:
+                    kept.append(entry)
+            self._queue = kept
             self._gauge()
             return batch
 
@@ -215,7 +226,7 @@ class EngineWorker:
         end = time.perf_counter()
         if self.metrics is not None:
             padded = self.batcher.padded_tokens(max(e.length for e in batch), len(batch))
-            self.metrics.batch(self.name, len(batch), padded, end - start)
+            self.metrics.batch(self.name, len(batch), padded, end - start, real=sum(e.length for e in batch))
         for row, entry in enumerate(batch):
             ticket = entry.ticket
             if ran is None:

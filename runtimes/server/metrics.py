@@ -12,6 +12,7 @@ from bisect import bisect_left
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+EFFICIENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 # name -> (type, help, buckets)
@@ -31,6 +32,11 @@ DEFINITIONS = {
     "te_batch_next_size": ("histogram", "rows per engine batch", SIZE_BUCKETS),
     "te_batch_next_tokens": ("histogram", "padded tokens per engine batch", TOKEN_BUCKETS),
     "te_batch_inference_duration": ("histogram", "seconds per engine batch", DURATION_BUCKETS),
+    "bge_batch_padding_efficiency": ("histogram", "real tokens / padded tokens per engine batch",
+                                     EFFICIENCY_BUCKETS),
+    "bge_batch_real_tokens": ("counter", "real (unpadded) tokens the engine ran", None),
+    "bge_batch_padded_tokens": ("counter", "padded tokens the engine ran (real tokens / this: the padding "
+                                           "efficiency over any interval)", None),
     "bge_inputs_dropped": ("counter", "queued sequences dropped because their client went away", None),
     "bge_inputs_in_flight": ("gauge", "inputs holding a --max-concurrent-requests permit", None),
 }
@@ -83,10 +89,15 @@ class Metrics:
     def queue_size(self, model: str, size: int) -> None:
         self.set("te_queue_size", size, model=model)
 
-    def batch(self, model: str, rows: int, tokens: int, seconds: float) -> None:
+    def batch(self, model: str, rows: int, tokens: int, seconds: float, real: int | None = None) -> None:
+        """One engine batch: its rows, its padded ``tokens``, its time, and its ``real`` tokens where known."""
         self.observe("te_batch_next_size", rows, model=model)
         self.observe("te_batch_next_tokens", tokens, model=model)
         self.observe("te_batch_inference_duration", seconds, model=model)
+        if real is not None:
+            self.observe("bge_batch_padding_efficiency", real / max(1, tokens), model=model)
+            self.inc("bge_batch_real_tokens", real, model=model)
+            self.inc("bge_batch_padded_tokens", tokens, model=model)
 
     def dropped(self, model: str) -> None:
         self.inc("bge_inputs_dropped", model=model)

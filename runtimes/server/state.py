@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtimes.batcher import Padding
 from runtimes.errors import InputError
 from runtimes.server.engine import EngineWorker
 from runtimes.server.metrics import Metrics
@@ -29,7 +30,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None  # None: each bundle's engine's own (Backend.batch_tokens), >= its max_length
+    min_padding_efficiency: float = Padding.min_efficiency
     max_concurrent_requests: int = 512
     max_client_batch_size: int = 32
     payload_limit: int = 2_000_000
@@ -42,12 +44,24 @@ class ServerSettings:
     def __post_init__(self):
         for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
             value = getattr(self, name)
+            if value is None and name == "max_batch_tokens":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
+        e = self.min_padding_efficiency
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1:
+            raise InputError(f"--min-padding-efficiency must be a number from 0 to 1, got {e!r}")
         for name in ("threads", "tokenization_workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"--{name.replace('_', '-')} must be a positive int, got {value!r}")
+
+    def batch_tokens(self, model) -> int:
+        """The token budget of one bundle's engine batches: --max-batch-tokens, or its engine's default raised to
+        the model's max_length (so that any one input fits)."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return max(int(model.batcher.backend.batch_tokens), int(model.max_length))
 
     def engine_threads(self, bundles: int) -> int:
         return self.threads or max(1, available_cores() // max(1, bundles))
@@ -83,7 +97,8 @@ class ServedModel:
             "target": self.target, "api": self.api, "path": str(self.path),
             "model_dtype": m.data.get("build", {}).get("precision") or m.engine.get("precision"),
             "max_input_length": int(self.model.max_length), "engine": m.engine.get("kind"),
-            "engine_threads": self.threads, "calls": sorted(self.calls), "heads": self.heads,
+            "engine_threads": self.threads, "max_batch_tokens": self.worker.max_batch_tokens,
+            "calls": sorted(self.calls), "heads": self.heads,
             "per_call_options": self.per_call_options,
             "truncation_side": self.model.tokenizer.truncation_side,
             "padding_side": self.model.tokenizer.padding_side,
@@ -136,7 +151,8 @@ class ServerState:
                     model = runtimes.load_bundle(bundle, backend_options=backend_options, **options)
                 except InputError as exc:
                     raise InputError(f"bundle '{name}' ({path}): {exc}") from None
-                worker = EngineWorker(model, max_batch_tokens=settings.max_batch_tokens, name=name, metrics=metrics)
+                model.batcher.rule = Padding(min_efficiency=float(settings.min_padding_efficiency))
+                worker = EngineWorker(model, max_batch_tokens=settings.batch_tokens(model), name=name, metrics=metrics)
                 models[name] = ServedModel(name, path, model, worker, threads)
         except BaseException:
             for served in models.values():
