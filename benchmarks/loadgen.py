@@ -54,6 +54,9 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, not close
 
 
+IDLE_REUSE_S = 2.0  # open loop: a kept-alive connection idle longer is not reused (uvicorn closes them after 5 s)
+
+
 def _figures(latencies: list[float], statuses: Counter, done: Counter, duration: float,
              weights: list[tuple[int, int]] | None) -> dict:
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
@@ -130,7 +133,7 @@ async def run_open(url: str, path: str, bodies: list[bytes], *, rate: float, dur
     parts = urlsplit(url)
     host, port = parts.hostname, parts.port or 80
     rng = np.random.default_rng(seed)
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []  # with the time it went idle
     latencies: list[float] = []
     statuses: Counter = Counter()
     done: Counter = Counter()
@@ -139,13 +142,15 @@ async def run_open(url: str, path: str, bodies: list[bytes], *, rate: float, dur
     async def one(index: int, due: float, measured: bool) -> None:
         outstanding[0] += 1
         reader = writer = None
+        while idle and time.perf_counter() - idle[-1][2] > IDLE_REUSE_S:  # the server may have closed it
+            idle.pop()[1].close()
         try:
-            reader, writer = idle.pop() if idle else await asyncio.open_connection(host, port)
+            reader, writer = idle.pop()[:2] if idle else await asyncio.open_connection(host, port)
             writer.write(_request(host, path, bodies[index], headers))
             await writer.drain()
             status, keep = await asyncio.wait_for(_read_response(reader), timeout)
             if keep:
-                idle.append((reader, writer))
+                idle.append((reader, writer, time.perf_counter()))
             else:
                 writer.close()
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
@@ -175,7 +180,7 @@ async def run_open(url: str, path: str, bodies: list[bytes], *, rate: float, dur
             tasks.append(asyncio.ensure_future(one(i % len(bodies), due, due >= t0)))
         i += 1
     await asyncio.gather(*tasks)
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     return {"rate": rate, **_figures(latencies, statuses, done, duration, weights)}
 

@@ -412,7 +412,8 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     panels = [("mixed", None, "realistic traffic: texts/s", "texts_per_s"),
-              ("mixed", None, "realistic traffic: p99 latency (ms)", "p99_ms")]
+              ("mixed", None, "realistic traffic: p99 latency (ms)", "p99_ms"),
+              ("mixed", None, "realistic traffic: padding efficiency", "padding_efficiency")]
     panels += [("fixed", t, f"{t}-token texts: inputs/s", "inputs_per_s") for t in LENGTHS]
     panels = [pn for pn in panels if any(r["traffic"] == pn[0] and r["tokens"] == pn[1] for r in rows)]
     if not panels:
@@ -421,11 +422,14 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (shape, t, title, key) in zip(axes[0], panels):
         for name in dict.fromkeys(r["server"] for r in rows):
             sel = sorted((r for r in rows if r["server"] == name and r["traffic"] == shape and r["tokens"] == t
-                          and r["concurrency"] != "open"), key=lambda r: r["concurrency"])
+                          and r["concurrency"] != "open" and r.get(key) is not None), key=lambda r: r["concurrency"])
             ax.plot([r["concurrency"] for r in sel], [r[key] for r in sel], "o-", label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        if key == "padding_efficiency":
+            ax.set_ylim(0, 1.05)
+        else:
+            ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"all-MiniLM-L6-v2 servers on {rows[0]['cpu']} (2 cores)")
