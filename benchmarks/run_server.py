@@ -394,7 +394,12 @@ def report(rows: list[dict]) -> str:
     for shape, t, c in [("mixed", None, c) for c in mixed] + [("fixed", t, c) for t, c in fixed]:
         ours = [r for r in rows if r["kind"] == "ours" and (r["traffic"], r["tokens"], r["concurrency"]) == (shape, t, c)]
         peers = [r for r in rows if r["kind"] == "infinity" and (r["traffic"], r["tokens"], r["concurrency"]) == (shape, t, c)]
-        if ours and peers:
+        if ours and peers and c == "open":  # the same arrivals for every server: compare latency
+            best, peer = min(ours, key=lambda r: r["p99_ms"]), min(peers, key=lambda r: r["p99_ms"])
+            lines.append(f"- {shape}, open loop at {best.get('rate')} requests/s: p99 {best['server']} "
+                         f"{best['p99_ms']:.0f} ms vs {peer['server']} {peer['p99_ms']:.0f} ms (p50 {best['p50_ms']:.0f} "
+                         f"vs {peer['p50_ms']:.0f})")
+        elif ours and peers:
             best, peer = max(ours, key=lambda r: r["tokens_per_s"]), max(peers, key=lambda r: r["tokens_per_s"])
             what = f"{shape}" + (f" {t} tokens" if t else "") + f", {'open loop' if c == 'open' else f'concurrency {c}'}"
             lines.append(f"- {what}: {best['server']} {best['requests_per_s']:.1f} req/s vs {peer['server']} "

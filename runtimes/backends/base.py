@@ -81,7 +81,8 @@ class Backend(ABC):
     threads_option: str | None = None  # the backend option that sets the engine's CPU threads, if it has one
     # padded tokens per engine batch that a server batches up to by default: on a CPU every padded token costs about
     # as much in any batch, and batches beyond ~2k tokens run slower per token (cache), so CPU engines batch small
-    # (benchmarks/results/server-*/: 2048 gave 1.3x the tokens/s of 16384 on mixed traffic); GPU engines say more
+    # (benchmarks/results/server-minilm-avx2: 2048 served 1.34x / 1.23x the requests of 16384 at 32 / 64 clients of
+    # mixed traffic); GPU engines say more
     batch_tokens: int = 2048
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
