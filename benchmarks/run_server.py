@@ -174,7 +174,7 @@ class PaddingMeter:
         return (metric_sum(self.server.url, "te_request_input_length_sum"),
                 metric_sum(self.server.url, "te_batch_next_tokens_sum"))
 
-    def efficiency(self, done: dict | None = None) -> float | None:
+    def efficiency(self) -> float | None:
         if self.server.kind == "flagmodel" and self.reqs is not None:
             real = sum(sum(r.tokens) for r in self.reqs)
             return real / sum(len(r.tokens) * max(r.tokens) for r in self.reqs)

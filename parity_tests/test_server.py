@@ -393,18 +393,31 @@ def test_client_disconnect_drops_its_work(strict):
         assert c.post("/embed", json={"inputs": ["after"]}, headers=auth).status_code == 200
 
 
+def requests_received(url: str) -> float:
+    """te_request_count summed over its labels: requests the server has read and accepted."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("te_request_count{"))
+
+
 def test_sigterm_finishes_accepted_requests_and_exits_0(paths):
     srv = LiveServer([paths["encoder"]], "--threads", "1")
     results = []
 
     def request():
-        with httpx.Client(base_url=srv.url, timeout=60) as c:
-            results.append(c.post("/embed", json={"inputs": [T["corpus"][i] for i in range(32)]}).status_code)
+        try:
+            with httpx.Client(base_url=srv.url, timeout=60) as c:
+                results.append(c.post("/embed", json={"inputs": [T["corpus"][i] for i in range(32)]}).status_code)
+        except httpx.HTTPError as exc:  # recorded, so that a request that got no answer shows what it got
+            results.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=request) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    # signal once the server has accepted all four (a request not yet accepted is refused by a closing server)
+    deadline = time.monotonic() + 60
+    while requests_received(srv.url) < 4:
+        assert time.monotonic() < deadline, f"the server did not receive the 4 requests: {srv.text()[-2000:]}"
+        time.sleep(0.01)
     srv.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join()

@@ -143,7 +143,8 @@ class Padding:
         longest = max(longest, length)
         if (max_rows and rows > max_rows) or (max_tokens and self.padded(longest, rows) > max_tokens):
             return None
-        eff = (real + max(length, self.short)) / self.padded(max(longest, self.short), rows)
+        # the ratio against the unrounded longest: rounding up to pad_to_multiple_of is the same for any composition
+        eff = (real + max(length, self.short)) / (max(longest, self.short) * rows)
         return eff if eff >= self.min_efficiency else None
 
     def cut(self, lengths: Sequence[int], *, max_rows: int | None = None, max_tokens: int | None = None) -> list[int]:

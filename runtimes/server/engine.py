@@ -7,7 +7,9 @@ queued sequences nearest it in length (``runtimes.batcher.Padding.grow``), up to
 (real tokens / padded tokens) stays at or above the rule's minimum. Sequences of different requests share a batch,
 a short query waits for no long passage to pad it, and every batch takes the oldest sequence, so nothing waits
 behind more than the sequences queued before it (no starvation). No wait timer: a lone request runs at once, in
-the batches the in-process call would run. Sequences of a request whose client went away are dropped before they
+the batches the in-process call would run when its sequences fit one budget. A sequence above a default budget runs
+alone (a reranker's pair, an in-context query can exceed the model's max_length); above a budget the user set, it is
+refused. Sequences of a request whose client went away are dropped before they
 reach the engine. The engine (ONNX Runtime, OpenVINO) releases the GIL while it runs, so the event loop and the
 tokenizer threads keep going.
 
@@ -85,9 +87,10 @@ def _ticket(entry) -> Ticket:
 class EngineWorker:
     """Runs one bundle's engine on its own thread. ``submit`` is thread-safe; ``stop`` finishes what was queued."""
 
-    def __init__(self, model, *, max_batch_tokens: int, name: str, metrics=None):
+    def __init__(self, model, *, max_batch_tokens: int, name: str, metrics=None, strict: bool = True):
         self.batcher = model.batcher
         self.max_batch_tokens = int(max_batch_tokens)
+        self.strict = strict  # refuse a sequence above the budget (a budget the user set); else it runs alone
         self.name = name
         self.metrics = metrics
         self._queue: deque[_Entry | Ticket] = deque()  # an exclusive job sits in the queue as its Ticket
@@ -99,7 +102,7 @@ class EngineWorker:
     # --- producer side ------------------------------------------------------------------------------------
     def check(self, job: Job) -> None:
         """Refuse a job that can never be batched: a sequence above the token budget on its own."""
-        if job.exclusive is not None:
+        if job.exclusive is not None or not self.strict:
             return
         longest = max((len(e.ids) for e in job.items), default=0)
         if self.batcher.padded_tokens(longest, 1) > self.max_batch_tokens:

@@ -152,7 +152,8 @@ class ServerState:
                 except InputError as exc:
                     raise InputError(f"bundle '{name}' ({path}): {exc}") from None
                 model.batcher.rule = Padding(min_efficiency=float(settings.min_padding_efficiency))
-                worker = EngineWorker(model, max_batch_tokens=settings.batch_tokens(model), name=name, metrics=metrics)
+                worker = EngineWorker(model, max_batch_tokens=settings.batch_tokens(model), name=name, metrics=metrics,
+                                      strict=settings.max_batch_tokens is not None)
                 models[name] = ServedModel(name, path, model, worker, threads)
         except BaseException:
             for served in models.values():
