@@ -48,13 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health and /metrics")
     p.add_argument("--max-batch-tokens", type=int, default=None, metavar="N",
-                   help="padded tokens per engine batch, summed over the requests that share it; an input above it is "
-                        "a 422 (default: 2048 on CPU engines, where larger batches run slower per token, 16384 on "
-                        "GPU engines; raised to the model's max_length)")
-    p.add_argument("--min-padding-efficiency", type=float, default=None, metavar="E",
+                   help="padded tokens per engine batch, summed over the requests that share it; an input above a "
+                        "budget you set is a 422 (default: 2048 on CPU engines, where larger batches run slower per "
+                        "token, 16384 on GPU engines, raised to the model's max_length; a longer input runs alone)")
+    p.add_argument("--min-padding-efficiency", type=float, default=PADDING.min_efficiency, metavar="E",
                    help="a batch takes a queued sequence only while its real tokens stay at least E of its padded "
-                        f"tokens (rows shorter than {PADDING.short} tokens count as {PADDING.short}), so short queries and long passages do not "
-                        f"pad each other; 0 batches any lengths together (default {PADDING.min_efficiency})")
+                        f"tokens (rows shorter than {PADDING.short} tokens count as {PADDING.short}), so short "
+                        "queries and long passages do not pad each other; 0 batches any lengths together "
+                        f"(default {PADDING.min_efficiency})")
     p.add_argument("--max-concurrent-requests", type=int, default=512, metavar="N",
                    help="inputs in flight (queued or running) before new requests get 429 (default 512)")
     p.add_argument("--max-client-batch-size", type=int, default=32, metavar="N",
@@ -112,8 +113,7 @@ def settings_from(args):
 
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key, max_batch_tokens=args.max_batch_tokens,
-        min_padding_efficiency=(PADDING.min_efficiency if args.min_padding_efficiency is None
-                                else args.min_padding_efficiency),
+        min_padding_efficiency=args.min_padding_efficiency,
         max_concurrent_requests=args.max_concurrent_requests, max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit, threads=args.threads, tokenization_workers=args.tokenization_workers,
         auto_truncate=args.auto_truncate, options=parse_bundle_options(args.option),
