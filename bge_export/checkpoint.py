@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bge_export.errors import CheckpointError
+from runtimes._optional import require
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 EMBEDDED_DEFAULT = "embedded:all-MiniLM-L6-v2"
@@ -144,8 +145,6 @@ def resolve_checkpoint(model: str | os.PathLike | None) -> Checkpoint:
 
 def load_tokenizer(ckpt: Checkpoint):
     """The checkpoint's Hugging Face tokenizer (fast where it exists); a broken tokenizer is a CheckpointError."""
-    from runtimes._optional import require
-
     transformers = require("transformers")
     try:
         return transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)

@@ -1,13 +1,32 @@
-"""The bge-export command. Heavy libraries are imported only inside the commands that need them, so
-``bge-export --help`` works with nothing but the standard library installed."""
+"""The bge-export command. Heavy libraries are imported only inside the functions that run them (the project's
+modules import none at their top), so ``bge-export --help`` works without torch, ONNX Runtime or OpenVINO."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
 import os
 import sys
+import traceback
+import warnings
+from pathlib import Path
 
 from bge_export import __version__
+from bge_export.bench.args import add_arguments as add_bench_arguments
+from bge_export.bench.args import run_from_args as run_bench_from_args
+from bge_export.build.targets import TARGETS, build_options, default_cpu_target
+from bge_export.compile import compile_bundle, require_parity
+from bge_export.errors import InputError, UnsupportedTargetError
+from bge_export.families import FAMILIES
+from bge_export.families.base import variant_options
+from bge_export.lint import lint_trt
+from bge_export.reparity import rerun_parity
+from runtimes import corpus, server
+from runtimes.backends import get_backend_class
+from runtimes.bundle import open_bundle
+from runtimes.cpu import capabilities
+from runtimes.errors import BgeError
 
 COMMANDS = ("inspect", "parity", "bench", "serve", "embed", "families", "lint")
 
@@ -35,8 +54,6 @@ or with FlagEmbedding's class names:  from runtimes import FlagModel; FlagModel(
 
 def target_help() -> str:
     """The --help epilog: every registered target with its help line, then the commands."""
-    from bge_export.build.targets import TARGETS
-
     width = max(map(len, TARGETS)) + 1
     lines = ["targets:"]
     for name, tgt in TARGETS.items():
@@ -66,9 +83,6 @@ def _quiet_third_party() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    import logging
-    import warnings
-
     warnings.filterwarnings("ignore")
     for name in ("torch.onnx", "torch._export", "onnxscript", "transformers", "FlagEmbedding"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -83,9 +97,6 @@ def _log(msg: str) -> None:
 
 
 def main_parser() -> argparse.ArgumentParser:
-    from bge_export.build.targets import build_options
-    from bge_export.families.base import variant_options
-
     p = argparse.ArgumentParser(prog="bge-export", description=MAIN_DESCRIPTION, epilog=target_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="PATH_OR_ID", default=None,
@@ -112,22 +123,15 @@ def main_parser() -> argparse.ArgumentParser:
 def cmd_build(argv: list[str]) -> int:
     args = main_parser().parse_args(argv)
     _quiet_third_party()
-    from bge_export.compile import compile_bundle, require_parity
-
-    from bge_export.build.targets import build_options as target_options
-    from bge_export.families.base import variant_options
-
     variant = {opt.dest: opt.value(args) for opt in variant_options()}
-    build_options = {opt.dest: opt.value(args) for opt in target_options()}
+    builder_options = {opt.dest: opt.value(args) for opt in build_options()}
     target = args.target
     if target is None:
-        from bge_export.build.targets import default_cpu_target
-
         target, why = default_cpu_target()
         if not args.quiet:
             _log(f"no --target given: building {target} ({why})")
     result = compile_bundle(args.model, target, args.out, variant=variant,
-                            parity=not args.no_parity, build_options=build_options,
+                            parity=not args.no_parity, build_options=builder_options,
                             overwrite=args.overwrite, log=_log, quiet=args.quiet,
                             on_parity=None if args.json else lambda text: print(text, flush=True))
     if args.json:
@@ -139,15 +143,17 @@ def cmd_build(argv: list[str]) -> int:
     return 0
 
 
-def cmd_inspect(argv: list[str]) -> int:
+def inspect_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bge-export inspect", description="Show what an engine bundle holds, after "
                                 "checking its files against the manifest.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.add_argument("--fast", action="store_true", help="check file sizes only, not sha256")
-    args = p.parse_args(argv)
-    from runtimes.bundle import open_bundle
+    return p
 
+
+def cmd_inspect(argv: list[str]) -> int:
+    args = inspect_parser().parse_args(argv)
     b = open_bundle(args.bundle, verify=not args.fast)
     d = b.manifest.data
     if args.json:
@@ -185,18 +191,7 @@ def cmd_inspect(argv: list[str]) -> int:
     if b.get("qdq"):
         lines.append(f"qdq int8   {b['qdq']['quantized_matmuls']} MatMuls int8, kept float {b['qdq']['kept_float']}, "
                      f"float regions {b.get('float_regions')}")
-    if d["engine"]["kind"] == "openvino":
-        e = d["engine"]
-        lines.append(f"openvino   {b.get('openvino', '?')}: inference precision {e['inference_precision']}, threads "
-                     f"{e['num_threads'] or 'all'}, hint {e['performance_hint']}, compiled-model cache "
-                     f"{'on' if e.get('cache') else 'off'}, buckets {'on' if e.get('buckets') else 'off'}"
-                     + (f", dynamic quantization group {e['dynamic_quantization_group_size']}"
-                        if "dynamic_quantization_group_size" in e else ""))
-    if d["engine"].get("tensorrt_version"):
-        e = d["engine"]
-        lines.append(f"tensorrt   {e['tensorrt_version']} for {e['gpu']} (sm {e['compute_capability']}); profiles "
-                     + ", ".join(f"{p['sequence'][0]}-{p['sequence'][1]} tokens x <= {p['max_batch']}"
-                                 for p in e["profiles"]))
+    lines += get_backend_class(d["engine"]["kind"]).describe(d["engine"], b)  # the engine's own settings
     lines.append("files      " + ", ".join(f"{k} ({v['size'] / 1e6:.1f} MB)" for k, v in d["files"].items()
                                           if v["size"] > 1e5))
     lines.append("tools      " + ", ".join(f"{k} {v}" for k, v in d["tools"].items()))
@@ -214,42 +209,46 @@ def cmd_inspect(argv: list[str]) -> int:
     return 0
 
 
-def cmd_parity(argv: list[str]) -> int:
+def parity_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bge-export parity", description="Re-run parity of a bundle against "
                                 "FlagEmbedding on its source checkpoint; without the checkpoint or FlagEmbedding, "
                                 "check against the reference sample stored in the bundle.")
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = p.parse_args(argv)
-    _quiet_third_party()
-    from bge_export.reparity import rerun_parity
+    return p
 
+
+def cmd_parity(argv: list[str]) -> int:
+    args = parity_parser().parse_args(argv)
+    _quiet_third_party()
     ok, text, report = rerun_parity(args.bundle, log=_log)
     print(json.dumps(report, indent=2) if args.json else text)
     return 0 if ok else 1
 
 
-def cmd_bench(argv: list[str]) -> int:
-    from bge_export.bench import add_arguments, run_from_args
-
+def bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bge-export bench", description="Time bundles end to end (encode) and "
                                 "engine-only against FlagEmbedding (fp32, CPU) and optimum's ONNX export of the "
                                 "same checkpoint, interleaved in one process. Writes JSON rows, a markdown table "
                                 "and a PNG plot.")
-    add_arguments(p)
-    args = p.parse_args(argv)
+    add_bench_arguments(p)
+    return p
+
+
+def cmd_bench(argv: list[str]) -> int:
+    args = bench_parser().parse_args(argv)
     _quiet_third_party()
-    return run_from_args(args, log=_log)
+    return run_bench_from_args(args, log=_log)
+
+
+def families_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bge-export families", description="List supported families and targets.")
+    p.add_argument("--json", action="store_true")
+    return p
 
 
 def cmd_families(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bge-export families", description="List supported families and targets.")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    from bge_export.build.targets import TARGETS, default_cpu_target
-    from bge_export.families import FAMILIES
-    from runtimes.cpu import capabilities
-
+    args = families_parser().parse_args(argv)
     rows = [{"family": f.name, "reference": f.reference_api, "description": f.description,
              "targets": list(f.targets), "checkpoints": list(f.checkpoints)} for f in FAMILIES.values()]
     cpu = capabilities()
@@ -273,7 +272,7 @@ def cmd_families(argv: list[str]) -> int:
     return 0
 
 
-def cmd_lint(argv: list[str]) -> int:
+def lint_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bge-export lint", description="Check a bundle's ONNX graph (or an .onnx file) "
                                 "for what would stop or slow a TensorRT build: operators the ONNX-TensorRT parser "
                                 "does not support, ONNX Runtime contrib ops, data-dependent shapes, int64 compute, "
@@ -283,45 +282,50 @@ def cmd_lint(argv: list[str]) -> int:
     p.add_argument("--target", choices=("trt",), default="trt", help="the engine to lint for (default: trt)")
     p.add_argument("--trt-version", default="10.13", help="the TensorRT version to check against (default 10.13)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = p.parse_args(argv)
-    from pathlib import Path
+    return p
 
-    from bge_export.lint import lint_trt
 
+def cmd_lint(argv: list[str]) -> int:
+    args = lint_parser().parse_args(argv)
     path = Path(args.bundle)
     if path.is_dir():
-        from runtimes.bundle import open_bundle
-
         engine = open_bundle(path, verify=False).manifest.engine
-        if engine["kind"] == "openvino":
-            from bge_export.errors import UnsupportedTargetError
-
-            raise UnsupportedTargetError(f"{path} holds an OpenVINO IR, not an ONNX graph; lint the ONNX graph a "
-                                         "TensorRT engine would be built from (a bundle of --target onnx, onnx-fp16 "
-                                         "or onnx-int8 of the same checkpoint)")
-        path = path / engine.get("onnx", engine["file"])
+        backend = get_backend_class(engine["kind"])
+        graph = backend.onnx_graph(engine)
+        if graph is None:
+            raise UnsupportedTargetError(f"{path} holds {backend.engine_format}, not an ONNX graph; lint the ONNX "
+                                         "graph a TensorRT engine would be built from (a bundle of --target onnx, "
+                                         "onnx-fp16 or onnx-int8 of the same checkpoint)")
+        path = path / graph
     report = lint_trt(path, trt_version=args.trt_version)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.format_text())
     return 0 if report.ok else 1
 
 
-def cmd_serve(argv: list[str]) -> int:
-    from runtimes.server import main as serve_main
+def serve_parser() -> argparse.ArgumentParser:
+    return server.build_parser()
 
-    return serve_main(argv)
+
+def embed_parser() -> argparse.ArgumentParser:
+    return corpus.build_parser()
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every parser of the command, by subcommand ("build" is ``bge-export`` itself: ``--model ... --target ...``),
+    as the commands parse with them: what a CLI reference is generated from."""
+    return {"build": main_parser(), "inspect": inspect_parser(), "parity": parity_parser(), "bench": bench_parser(),
+            "families": families_parser(), "lint": lint_parser(), "serve": serve_parser(), "embed": embed_parser()}
+
+
+def cmd_serve(argv: list[str]) -> int:
+    return server.main(argv)
 
 
 def cmd_embed(argv: list[str]) -> int:
-    from runtimes.corpus import main as embed_main
-
-    return embed_main(argv)
+    return corpus.main(argv)
 
 
 def raise_unknown_command(word: str, commands) -> None:
-    import difflib
-
-    from bge_export.errors import InputError
-
     close = difflib.get_close_matches(word, list(commands), n=1, cutoff=0.6)
     raise InputError(f"unknown command {word!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
                      + f" Commands: {', '.join(commands)}; a build takes options only "
@@ -333,8 +337,6 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"inspect": cmd_inspect, "parity": cmd_parity, "bench": cmd_bench, "serve": cmd_serve,
                 "embed": cmd_embed, "families": cmd_families, "lint": cmd_lint}
     handler = handlers.get(argv[0]) if argv else None
-    from runtimes.errors import BgeError
-
     try:
         if handler is None and argv and not argv[0].startswith("-"):  # the build takes options only
             raise_unknown_command(argv[0], handlers)
@@ -346,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         _err("interrupted; nothing was written")
         return 130
     except Exception:  # a bug in bge-export (or a library): show everything, with its own exit code
-        import traceback
-
         traceback.print_exc()
         _err("internal error (the traceback above is a bug in bge-export; please report it)")
         return 3

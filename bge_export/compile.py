@@ -3,20 +3,23 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from bge_export import __version__
+from bge_export import __version__, parity, parity_run
+from bge_export.build.settings import BuildSettings
 from bge_export.build.targets import Target, check_build_options, get_target, target_precision
 from bge_export.checkpoint import Checkpoint, load_tokenizer, resolve_checkpoint
-from bge_export.errors import OutputError, ParityError, UnsupportedFamilyError, UnsupportedTargetError
+from bge_export.errors import InternalError, OutputError, ParityError, UnsupportedFamilyError, UnsupportedTargetError
+from bge_export.export.onnx import export_onnx
 from bge_export.families import recognise
-from bge_export.families.base import Family
+from bge_export.families.base import Family, variant_options
+from bge_export.parity_run import unrunnable
 from runtimes._optional import require
+from runtimes.backends import get_backend_class
 from runtimes.errors import BgeError
 from runtimes.manifest import Manifest, describe_files
 
@@ -43,28 +46,6 @@ class Progress:
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
-
-
-def tool_versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist in ("torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
-                 "tensorrt", "tokenizers", "FlagEmbedding"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def host_facts() -> dict:
-    """What the builders read from the build machine: the machine type and the CPU's int8 / bf16 instructions
-    (ort-cpu-int8 picks signed or unsigned weights by VNNI)."""
-    from runtimes.cpu import capabilities
-
-    cpu = capabilities()
-    return {"machine": platform.machine(), "vnni": str(bool(cpu["vnni"])), "bf16": str(bool(cpu["bf16"]))}
 
 
 def default_out_dir(ckpt: Checkpoint, target: str) -> Path:
@@ -104,48 +85,6 @@ def check_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-@dataclass(frozen=True)
-class BuildSettings:
-    """Everything bge-export decides an engine from: the checkpoint's weights, the family and its export-time
-    variant, the target, the precision and export dtype, the builder's options, the versions of bge-export and the
-    tools, and the host facts the builders read (the CPU's int8 and bf16 instructions). ``key()`` hashes them and
-    the manifest records both: two builds with equal keys are the same build (the way Torch-TensorRT keys its
-    engine cache). A TensorRT engine also depends on the GPU it was built on, which its manifest's engine section
-    records. Builder options left at None are not part of it (defaults apply)."""
-
-    family: str
-    weights_sha256: str
-    variant: tuple[tuple[str, str], ...]  # (option, JSON value), sorted
-    target: str
-    precision: str
-    export_dtype: str
-    options: tuple[tuple[str, str], ...] = ()  # the builder's options that were set: (name, JSON value), sorted
-    tools: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(sorted(tool_versions().items())))
-    host: tuple[tuple[str, str], ...] = field(default_factory=lambda: tuple(sorted(host_facts().items())))
-    bge_export_version: str = __version__
-
-    @staticmethod
-    def of(family: Family, target: Target, options: dict) -> "BuildSettings":
-        def frozen(d: dict) -> tuple:
-            return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in d.items()
-                                if v is not None))
-
-        return BuildSettings(family.name, family.ckpt.weights_sha256(), frozen(family.variant), target.name,
-                             bundle_precision(family, target), family.export_dtype(), frozen(options))
-
-    def to_json(self) -> dict:
-        return {"family": self.family, "weights_sha256": self.weights_sha256, "target": self.target,
-                "precision": self.precision, "export_dtype": self.export_dtype,
-                "variant": {k: json.loads(v) for k, v in self.variant},
-                "options": {k: json.loads(v) for k, v in self.options}, "tools": dict(self.tools),
-                "host": dict(self.host), "bge_export_version": self.bge_export_version}
-
-    def key(self) -> str:
-        import hashlib
-
-        return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
-
-
 @dataclass
 class CompileResult:
     bundle: Path
@@ -165,8 +104,6 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
     declared = {o.dest for o in family_cls.options}
     foreign = sorted(k for k in options if k not in declared)
     if foreign:
-        from bge_export.families.base import variant_options
-
         flag = {o.dest: o.flag for o in variant_options()}
         takes = ", ".join(o.flag for o in family_cls.options) or "no export-time options"
         raise UnsupportedFamilyError(
@@ -192,12 +129,6 @@ def prepare(model, target: str, build_options: dict | None = None, **variant) ->
     return family, target_obj
 
 
-def bundle_precision(family: Family, tgt: Target) -> str:
-    """The precision the parity tolerances apply to: the export dtype for half-precision graphs, else the target's."""
-    dtype = family.export_dtype()
-    return dtype if dtype != "fp32" else target_precision(tgt, family.half_dtype())
-
-
 def compile_bundle(
     model=None, target: str = "ort-cpu", out: str | Path | None = None, *, pooling: str | None = None,
     variant: dict | None = None,
@@ -221,13 +152,7 @@ def compile_bundle(
               f"variant {family.variant}")
     for dep in ("torch", "transformers", "onnx", "onnxscript"):
         require(dep)
-    if tgt.engine_kind == "tensorrt":  # before the export: TensorRT and a GPU, or say what works here instead
-        from bge_export.build.trt import check_can_build
-
-        check_can_build(tgt.name, family, build_options)
-    else:
-        for dep in tgt.requires:
-            require(dep)
+    tgt.check_can_build(family, build_options)  # before the export: the target's hardware and libraries
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -248,6 +173,7 @@ def compile_bundle(
         prog.step("writing the bundle (manifest, tokenizer, model)")
         tok, tok_files = _save_tokenizer(ckpt, tmp / TOKENIZER_DIR)
         fields = _manifest_fields(family, tgt, exported, built, tok, settings)
+        _check_device(tgt, fields["engine"])
         fields["files"] = describe_files(tmp, built.files + tok_files)
         manifest = Manifest.build(fields)
         manifest.write(tmp)
@@ -275,8 +201,6 @@ def compile_bundle(
 
 
 def _export(family, workdir: Path, prog: Progress):
-    from bge_export.export.onnx import export_onnx
-
     return export_onnx(family, workdir, log=prog.info)
 
 
@@ -321,16 +245,20 @@ def _manifest_fields(family: Family, tgt: Target, exported, built, tok, settings
     }
 
 
-def _unrunnable(precision: str, manifest: Manifest) -> str | None:
-    from bge_export.parity_run import unrunnable
+def _check_device(tgt: Target, engine: dict) -> None:
+    """The device a target declares (its group, its tests) is where its backend runs the engine its builder wrote."""
+    on_gpu = get_backend_class(tgt.engine_kind).on_gpu(engine)
+    if on_gpu != (tgt.device == "gpu"):
+        raise InternalError(f"target {tgt.name} declares device {tgt.device!r}, but its backend runs the engine its "
+                            f"builder wrote ({engine}) on {'a GPU' if on_gpu else 'the CPU'}")
 
+
+def _unrunnable(precision: str, manifest: Manifest) -> str | None:
     return unrunnable(precision, manifest.engine)
 
 
 def _run_parity(family, tgt, precision: str, tmp: Path, manifest: Manifest, log,
                 gate_retrieval: bool) -> tuple[Manifest, bool, str]:
-    from bge_export import parity, parity_run
-
     require("FlagEmbedding")
     checks, golden = family.run_parity(tmp, precision, parity_run.parity_texts(), log=log,
                                        gate_retrieval=gate_retrieval)

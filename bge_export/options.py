@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from bge_export.errors import InputError
+from bge_export.errors import InputError, InternalError
 
 
 def parse_int_list(text, what: str, *, minimum: int = 1, example: str = "128,512",
@@ -60,8 +60,6 @@ class Option:
 def unique_options(groups) -> list[Option]:
     """The options of several declarers (families, targets) once each, in first-declared order; one ``dest`` with
     two different declarations is a bug."""
-    from bge_export.errors import InternalError
-
     seen: dict[str, Option] = {}
     for options in groups:
         for opt in options:

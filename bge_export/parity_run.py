@@ -8,8 +8,12 @@ import functools
 import json
 import os
 from importlib import resources
-from typing import NamedTuple
 
+from bge_export import retrieval_set
+from runtimes.backends import get_backend_class
+from runtimes.backends.base import ParityDevice
+from runtimes.bundle import open_bundle
+from runtimes.loader import load
 
 _REFERENCE_RESULTS: dict[tuple, object] = {}
 
@@ -65,80 +69,21 @@ def cached_reference(family, **kwargs) -> CachedReference:
     return CachedReference(family, **kwargs)
 
 
-class ParityDevice(NamedTuple):
-    backend_options: dict  # for runtimes.load
-    name: str  # for the report
-    cpu: bool  # ONNX Runtime CPU: no bf16 kernels
-
-
 def parity_device(engine: dict) -> ParityDevice:
-    """Where parity runs a bundle's engine. A CUDA bundle on a machine without CUDA runs its graph on ONNX Runtime
-    CPU: that checks the graph and its precision (fp16 weights, fp32 islands, QDQ), not the CUDA kernels, and the
-    report says so."""
-    providers = engine.get("providers", [])
-    if engine["kind"] == "openvino":
-        return ParityDevice({}, f"OpenVINO CPU, {engine.get('inference_precision', 'fp32')} inference precision", False)
-    if engine["kind"] != "onnxruntime" or "CUDAExecutionProvider" not in providers:
-        name = (providers or [engine["kind"]])[0]
-        return ParityDevice({}, name, name == "CPUExecutionProvider")
-    if cuda_usable():
-        return ParityDevice({}, "CUDAExecutionProvider", False)
-    return ParityDevice({"providers": ["CPUExecutionProvider"]},
-                        "CPUExecutionProvider (no CUDA here: checks the graph, not the CUDA kernels)", True)
+    """Where parity runs a bundle's engine here: its backend decides (a CUDA bundle on a machine without CUDA runs
+    its graph on ONNX Runtime CPU, and the report says so)."""
+    return get_backend_class(engine["kind"]).parity_device(engine)
 
 
 def unrunnable(precision: str, engine: dict) -> str | None:
     """Why parity cannot run this bundle here, or None."""
-    if engine["kind"] == "openvino":
-        if engine.get("inference_precision") == "bf16" and not openvino_bf16():
-            from runtimes.cpu import cpu_name
-
-            return (f"this CPU ({cpu_name()}) has no bf16 instructions (AVX512-BF16 or AMX), and OpenVINO would run "
-                    "the bundle in fp32 here; run `bge-export parity BUNDLE` on the CPU it is deployed to")
-        return None
-    if precision == "bf16" and parity_device(engine).cpu:
-        return "bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); check them on the CUDA machine"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def openvino_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 on this CPU (it lists BF16 among its optimization capabilities)."""
-    from runtimes._optional import require
-    from runtimes.backends.openvino import device_supports_bf16
-
-    return device_supports_bf16(require("openvino").Core())
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_usable() -> bool:
-    """Whether ONNX Runtime can run on a GPU here. Listing the CUDA provider is not enough (it is compiled into
-    onnxruntime-gpu whether or not a GPU and the CUDA libraries are present): start a one-node session on it."""
-    from runtimes._optional import require
-
-    ort = require("onnxruntime")
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    helper, tp = require("onnx.helper"), require("onnx").TensorProto
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                              [helper.make_tensor_value_info("x", tp.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", tp.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-    try:
-        if hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-        return sess.get_providers()[0] == "CUDAExecutionProvider"
-    except Exception:  # noqa: BLE001 - any failure to start CUDA means: not usable here
-        return False
+    return get_backend_class(engine["kind"]).unrunnable(engine, precision)
 
 
 def load_for_parity(bundle_path, **options):
     """runtimes.load on the device parity_device picks."""
-    import runtimes
-
-    device = parity_device(runtimes.open_bundle(bundle_path, verify=False).manifest.engine)
-    return runtimes.load(bundle_path, verify=False, backend_options=device.backend_options, **options)
+    device = parity_device(open_bundle(bundle_path, verify=False).manifest.engine)
+    return load(bundle_path, verify=False, backend_options=device.backend_options, **options)
 
 
 def parity_texts() -> dict:
@@ -184,8 +129,6 @@ _REFERENCE_QUALITY: dict = {}  # (checkpoint, weights, instruction, max_length) 
 def retrieval_quality(family, reference, model, max_length: int) -> tuple[dict, dict]:
     """recall@10 and MRR of the reference and of the bundle on the labelled retrieval set (bge_export/retrieval_set.py),
     with encode_queries / encode_corpus as users call them; the drops are gated for int8."""
-    from bge_export import retrieval_set
-
     data = retrieval_set.load()
     queries = [q["text"] for q in data["queries"]]
     passages = [p["text"] for p in data["passages"]]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bge_export.errors import BgeExportError
+from runtimes._optional import require
+
 
 def _flag():
-    from runtimes._optional import require
-
     return require("FlagEmbedding")
 
 
@@ -40,8 +41,6 @@ def pin_attention(model, attn_implementation: str) -> None:
         model.config._attn_implementation = attn_implementation
     got = model.config._attn_implementation
     if got != attn_implementation:
-        from bge_export.errors import BgeExportError
-
         raise BgeExportError(f"could not set attn_implementation={attn_implementation!r} on "
                              f"{type(model).__name__} (it stays {got!r}): the reference needs transformers 4.57.x, "
                              "as pinned by the [export] extra; reinstall it with pip install -e '.[export]'")

@@ -13,6 +13,7 @@ from bge_export.errors import BgeExportError
 from bge_export.families import family_from_manifest, get_family
 from runtimes._optional import available
 from runtimes.bundle import open_bundle
+from runtimes.loader import load
 
 
 def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
@@ -47,14 +48,12 @@ def rerun_parity(bundle_path, *, log=print) -> tuple[bool, str, dict]:
 
 
 def golden_checks(bundle) -> tuple[list, int]:
-    import runtimes
-
     path = bundle.path / GOLDEN
     if not path.is_file():
         raise BgeExportError(f"{bundle.path} has no {GOLDEN} (built with --no-parity) and the full reference is not "
                              "available; install bge-export[reference] and keep the source checkpoint")
     sample = json.loads(path.read_text(encoding="utf-8"))
     backend = parity_run.parity_device(bundle.manifest.engine).backend_options
-    model = runtimes.load(bundle.path, verify=False, backend_options=backend)  # open_bundle already hashed files
+    model = load(bundle.path, verify=False, backend_options=backend)  # open_bundle already hashed files
     values = get_family(bundle.manifest.family).golden_values(model, sample)
     return parity.gate(bundle.manifest.family, "golden", bundle.manifest.precision, values), len(sample["reference"])

@@ -1,13 +1,12 @@
-"""The tiny checkpoint builders of the BERT / XLM-R families (declared on their family modules, which own them),
-under the names the tests use, plus a checkpoint of an architecture bge-export does not support."""
+"""The tiny checkpoint builders of the BERT / XLM-R families (parity_tests/tiny_checkpoints.py) under the names the
+tests use, plus a checkpoint of an architecture bge-export does not support."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bge_export.families.cross_encoder import tiny_bert_reranker, tiny_xlmr_reranker
-from bge_export.families.encoder import BERT_TOKENIZER_FILES, real_minilm, tiny_bert, tiny_xlmr, xlmr_tokenizer
-from bge_export.families.m3 import tiny_m3
+from parity_tests.tiny_checkpoints import (BERT_TOKENIZER_FILES, real_minilm, tiny_bert, tiny_bert_reranker, tiny_m3,
+                                           tiny_xlmr, tiny_xlmr_reranker, xlmr_tokenizer)
 
 __all__ = ["BERT_TOKENIZER_FILES", "not_a_bge_checkpoint", "real_minilm", "tiny_bert", "tiny_bert_reranker", "tiny_m3",
            "tiny_xlmr", "tiny_xlmr_reranker", "xlmr_tokenizer"]

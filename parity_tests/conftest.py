@@ -4,15 +4,16 @@ from __future__ import annotations
 import pytest
 
 from bge_export.families import FAMILIES
+from parity_tests import tiny_checkpoints
 
-# Every family declares the checkpoints the suite builds for it (Family.test_cases); the harness only reads them.
-TEST_CASES = {case.name: case for family in FAMILIES.values() for case in family.test_cases}
+# The checkpoints the suite builds for each family (tiny_checkpoints.TEST_CASES); the harness only reads them.
+TEST_CASES = {case.name: case for cases in tiny_checkpoints.TEST_CASES.values() for case in cases}
 # case -> builder(tmp folder) -> checkpoint folder
 CASES = {name: (lambda d, case=case: case.build(d / case.folder)) for name, case in TEST_CASES.items()}
 # case -> export-time variant (cutoff layers, compression) the case is built with
 CASE_VARIANTS = {name: dict(case.variant) for name, case in TEST_CASES.items() if case.variant}
 # case -> family, as the family declares it
-FAMILY_OF_CASE = {case.name: family.name for family in FAMILIES.values() for case in family.test_cases}
+FAMILY_OF_CASE = {case.name: family for family, cases in tiny_checkpoints.TEST_CASES.items() for case in cases}
 
 RESULTS: dict[tuple[str, str], dict] = {}  # (case, target) -> parity report, for the summary table
 

@@ -101,7 +101,7 @@ def test_trt_target_without_tensorrt_says_what_works(capsys, tiny_ckpt):
 
 
 def test_fp16_target_refused_for_gemma(capsys, tmp_path):
-    from bge_export.families.llm_reranker import tiny_gemma_reranker
+    from parity_tests.tiny_checkpoints import tiny_gemma_reranker
 
     ckpt = tiny_gemma_reranker(tmp_path / "gemma")
     _fails(capsys, ["--model", str(ckpt), "--target", "onnx-fp16"], "Gemma", "--target trt-bf16",
@@ -118,7 +118,7 @@ def test_trt_options_on_a_non_trt_target(capsys, tiny_ckpt):
 
 
 def test_openvino_targets_convert_the_fp32_export(capsys, tmp_path):
-    from bge_export.families.llm_reranker import tiny_gemma_reranker
+    from parity_tests.tiny_checkpoints import tiny_gemma_reranker
 
     ckpt = tiny_gemma_reranker(tmp_path / "gemma")
     _fails(capsys, ["--model", str(ckpt), "--target", "ov-cpu-bf16", "--export-dtype", "bf16"],
@@ -129,7 +129,7 @@ def test_bf16_bundle_on_a_cpu_without_bf16_is_refused(tiny_ckpt, tmp_path):
     """On a CPU without bf16 the build writes the bundle with parity skipped and says why; loading it is refused
     with what to build instead (OpenVINO would silently run fp32). With bf16, parity and the runtime run bf16."""
     from bge_export.compile import compile_bundle
-    from bge_export.parity_run import openvino_bf16
+    from runtimes.backends.openvino import openvino_bf16
     from runtimes.errors import IncompatibleBundleError
 
     result = compile_bundle(tiny_ckpt, "ov-cpu-bf16", tmp_path / "b", log=lambda m: None, quiet=True,

@@ -11,7 +11,7 @@ import pytest
 from bge_export.compile import prepare
 from bge_export.export.onnx import CHECK_TOLERANCE, example_feeds, export_onnx, ort_runner
 from bge_export.parity import cosine_rows
-from bge_export.families import llm_embedder as dck
+from parity_tests import tiny_checkpoints as dck
 
 
 def _peak_rss_gb() -> tuple[float, float]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import runtimes
+from bge_export.build.targets import targets
 from bge_export.families import FAMILIES
 from parity_tests.conftest import FAMILY_OF_CASE
 from parity_tests.test_parity import GPU_GRAPH_CASES
@@ -115,7 +116,7 @@ def test_lint_command(bundle, capsys):
 # --- on an NVIDIA GPU -------------------------------------------------------------------------------------------
 
 def _cuda_reason() -> str | None:
-    from bge_export.parity_run import cuda_usable
+    from runtimes.backends.ort import cuda_usable
 
     if not cuda_usable():
         return "ONNX Runtime cannot run on CUDA here: needs onnxruntime-gpu and an NVIDIA GPU"
@@ -129,7 +130,7 @@ trt = pytest.mark.skipif(not available("tensorrt"), reason="TensorRT is not inst
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("target", ["ort-cuda", "ort-cuda-fp16"])
+@pytest.mark.parametrize("target", targets(device="gpu", engine_kind="onnxruntime"))
 @pytest.mark.parametrize("case", list(GPU_GRAPH_CASES))
 def test_ort_cuda_parity_on_gpu(bundle, case, target):
     """On the CUDA kernels: ort-cuda at the fp32 gates, ort-cuda-fp16 at the GPU gates (dense cosine >= 0.999,
@@ -169,7 +170,7 @@ def test_bf16_bundle_parity_is_skipped_on_cpu_with_the_reason(bundle, capsys):
     """A Gemma model's ort-cuda-fp16 bundle is bf16: built and recorded, its parity skipped here with the reason,
     and `bge-export parity` refuses it on this machine instead of failing inside ONNX Runtime."""
     from bge_export.cli import main
-    from bge_export.parity_run import cuda_usable
+    from runtimes.backends.ort import cuda_usable
 
     if cuda_usable():
         pytest.skip("CUDA is usable here: the bf16 bundle's parity runs (test_ort_cuda_fp16_parity_on_gpu)")

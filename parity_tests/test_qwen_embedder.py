@@ -114,7 +114,7 @@ def test_qwen3_8b_wide_decoder_exports_with_external_data(tmp_path, capsys):
 
     from bge_export.compile import prepare
     from bge_export.export.onnx import CHECK_TOLERANCE, example_feeds, export_onnx, ort_runner
-    from bge_export.families.qwen_embedder import tiny_qwen3_reasoner
+    from parity_tests.tiny_checkpoints import tiny_qwen3_reasoner
     from bge_export.parity import cosine_rows
 
     start = time.perf_counter()

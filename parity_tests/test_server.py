@@ -399,8 +399,8 @@ def requests_received(url: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("te_request_count{"))
 
 
-def test_sigterm_finishes_accepted_requests_and_exits_0(paths):
-    srv = LiveServer([paths["encoder"]], "--threads", "1")
+def test_sigterm_finishes_accepted_requests_and_exits_0(bundle):
+    srv = LiveServer([bundle(SERVED["encoder"][0], "ort-cpu").bundle], "--threads", "1")
     results = []
 
     def request():

@@ -10,7 +10,7 @@ from runtimes.bundle import Bundle
 from runtimes.errors import InputError
 from runtimes.flag_api import EMBED_HEAD, EMBED_TAIL
 from runtimes.postprocess import finish_embeddings
-from runtimes.service import BundleModel
+from runtimes.service import BundleModel, Call
 
 
 class EncoderModel(BundleModel):
@@ -25,6 +25,8 @@ class EncoderModel(BundleModel):
 
     output_name = "pooled"  # the graph output holding the pooled vector
     api_methods = ("encode", "encode_queries", "encode_corpus")
+    calls = {"encode": Call("sentences"), "encode_queries": Call("queries"), "encode_corpus": Call("corpus")}
+    per_call_options = ("normalize_embeddings", "truncate_dim")
     flag_signature = EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None), ("pooling_method", "cls"),
                                    ("trust_remote_code", False), ("cache_dir", None)] + EMBED_TAIL + [
         ("convert_to_numpy", True), ("truncate_dim", None)]

@@ -12,7 +12,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from runtimes.bundle import open_bundle
 from runtimes.errors import IncompatibleBundleError, InputError
+from runtimes.loader import checked_options, open_checked
+from runtimes.registry import RUNTIME_APIS, runtime_class
 
 # FlagEmbedding 1.4.2's constructor parameters after model_name_or_path, with their defaults: the building blocks
 # of the runtime classes' ``flag_signature`` (each API class declares its own, with ``auto_model_class`` and
@@ -34,18 +37,14 @@ EMBED_TAIL = [("batch_size", 256), ("query_max_length", 512), ("passage_max_leng
 
 def flag_signature(api: str) -> list[tuple[str, Any]]:
     """FlagEmbedding's constructor parameters of ``api`` (its runtime class declares them)."""
-    from runtimes import runtime_class
-
     return list(runtime_class(api).flag_signature)
 
 
 def auto_classes(kind: str) -> dict[str, str]:
     """FlagAutoModel (kind "embedder") / FlagAutoReranker ("reranker") model_class values -> the API they pick."""
-    import runtimes
-
     out = {}
-    for api in runtimes.RUNTIME_APIS:
-        declared = runtimes.runtime_class(api).auto_model_class
+    for api in RUNTIME_APIS:
+        declared = runtime_class(api).auto_model_class
         if declared is not None and declared[0] == kind:
             out[declared[1]] = api
     return out
@@ -73,8 +72,6 @@ def _given(api: str, sig: inspect.Signature, self, args, kwargs) -> tuple[Any, d
 
 
 def _make(api: str) -> type:
-    from runtimes import checked_options, open_checked, runtime_class
-
     base = runtime_class(api)
     sig = _signature(api)
 
@@ -117,8 +114,6 @@ class _Auto:
 
     @classmethod
     def _pick(cls, model_name_or_path, model_class) -> tuple[type, Any]:
-        from runtimes import open_bundle
-
         bundle = open_bundle(model_name_or_path, verify=False)  # the class opens (verifies, warns) it again
         api = bundle.manifest.runtime.get("api")
         if api not in cls.classes().values():

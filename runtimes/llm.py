@@ -268,6 +268,7 @@ class ICLEmbedderModel(LLMEmbedderModel):
     loads_half_on_cpu = True
 
     api_methods = LLMEmbedderModel.api_methods + ("set_examples",)
+    per_call_options = LLMEmbedderModel.per_call_options + ("examples_for_task",)
 
     def __init__(self, bundle: Bundle, *, suffix: str = "\n<response>", examples_for_task: list[dict] | None = None,
                  examples_instruction_format: str = "<instruct>{}\n<query>{}\n<response>{}", **options: Any):

@@ -20,7 +20,7 @@ from runtimes.postprocess import (SCORE_KEYS, colbert_score, colbert_token_count
                                   lexical_matching_score, lexical_weights, m3_scores, maybe_normalize,
                                   padded_colbert_scores, sparse_dot, trim_colbert)
 from runtimes.reranker import CrossEncoderModel
-from runtimes.service import BundleModel
+from runtimes.service import HEADS, BundleModel, Call
 
 __all__ = ["M3Model", "SCORE_KEYS"]
 
@@ -32,6 +32,9 @@ class M3Model(BundleModel):
 
     api_methods = ("encode", "encode_queries", "encode_corpus", "compute_score", "compute_lexical_matching_score",
                    "colbert_score", "convert_id_to_token")
+    calls = {"encode": Call("sentences", HEADS), "encode_queries": Call("queries", HEADS),
+             "encode_corpus": Call("corpus", HEADS), "compute_score": Call("sentence_pairs")}
+    per_call_options = ("normalize_embeddings", "truncate_dim")
     flag_signature = EMBED_HEAD + [("query_instruction_format", "{}{}"), ("devices", None), ("pooling_method", "cls"),
                                    ("trust_remote_code", False), ("cache_dir", None), ("colbert_dim", -1)] + EMBED_TAIL + [
         ("return_dense", True), ("return_sparse", False), ("return_colbert_vecs", False), ("truncate_dim", None)]

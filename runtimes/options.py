@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import warnings
 
+from runtimes.backends import get_backend_class
 from runtimes.errors import InputError
+from runtimes.registry import RUNTIME_APIS, runtime_class
 
 # decided at build time or by loading: never passed on to the runtime classes
 BUILD_TIME = ("model_name_or_path", "use_fp16", "use_bf16", "devices", "pooling_method", "trust_remote_code",
@@ -27,16 +29,12 @@ BUILD_TIME = ("model_name_or_path", "use_fp16", "use_bf16", "devices", "pooling_
 # default) they compute in fp32 from fp16-rounded weights. The rerankers switch use_fp16 off on CPU before .half().
 # Each runtime class says which its API does (``loads_half_on_cpu``).
 def loads_half_on_cpu(api) -> bool:
-    import runtimes
-
-    return api in runtimes.RUNTIME_APIS and runtimes.runtime_class(api).loads_half_on_cpu
+    return api in RUNTIME_APIS and runtime_class(api).loads_half_on_cpu
 
 
 def __getattr__(name: str):
     if name == "LOADS_HALF_ON_CPU":  # the APIs whose FlagEmbedding class loads half weights on CPU
-        import runtimes
-
-        return tuple(api for api in runtimes.RUNTIME_APIS if loads_half_on_cpu(api))
+        return tuple(api for api in RUNTIME_APIS if loads_half_on_cpu(api))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -45,14 +43,14 @@ class BundleRunsWarning(UserWarning):
 
 
 def on_gpu(manifest) -> bool:
-    engine = manifest.engine
-    return engine["kind"] == "tensorrt" or "CUDAExecutionProvider" in engine.get("providers", [])
+    """Whether the bundle runs on a GPU (its backend says, from the manifest's engine entry)."""
+    return get_backend_class(manifest.engine["kind"]).on_gpu(manifest.engine)
 
 
 def describe(manifest) -> str:
     """What the bundle runs, for messages: 'fp32 on CPU (target ort-cpu, pooling mean)'."""
     variant = ", ".join(f"{k} {v}" for k, v in manifest.data.get("variant", {}).items())
-    where = "an NVIDIA GPU" if on_gpu(manifest) else "CPU"
+    where = get_backend_class(manifest.engine["kind"]).where(manifest.engine)
     return f"{manifest.precision} on {where} (target {manifest.target}{', ' + variant if variant else ''})"
 
 

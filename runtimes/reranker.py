@@ -10,7 +10,7 @@ from runtimes.bundle import Bundle
 from runtimes.errors import InputError
 from runtimes.flag_api import RERANK
 from runtimes.postprocess import sigmoid
-from runtimes.service import BundleModel
+from runtimes.service import BundleModel, Call
 
 
 class CrossEncoderModel(BundleModel):
@@ -18,6 +18,7 @@ class CrossEncoderModel(BundleModel):
     floats, one per (query, passage) pair, even for a single pair."""
 
     api_methods = ("compute_score",)
+    calls = {"compute_score": Call("sentence_pairs")}
     flag_signature = RERANK
     auto_model_class = ("reranker", "encoder-only-base")
     loads_half_on_cpu = False

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,6 +12,7 @@ from runtimes.backends import get_backend_class
 from runtimes.batcher import Batcher
 from runtimes.bundle import Bundle
 from runtimes.errors import IncompatibleBundleError, InputError
+from runtimes.registry import RUNTIME_APIS, runtime_class
 from runtimes.tokenizer import Tokenizer
 
 
@@ -17,12 +20,11 @@ from runtimes.tokenizer import Tokenizer
 def method_apis() -> dict[str, str]:
     """Public methods of FlagEmbedding's classes -> the class, so that calling one on a bundle of another family
     says what the bundle is instead of raising a bare AttributeError. Derived from the runtime classes'
-    ``api_methods``: a method belongs to the first API of ``runtimes.RUNTIME_APIS`` whose class declares it."""
-    import runtimes
-
+    ``api_methods``: a method belongs to the first API of ``runtimes.registry.RUNTIME_APIS`` whose class declares
+    it."""
     table: dict[str, str] = {}
-    for api in runtimes.RUNTIME_APIS:
-        for name in runtimes.runtime_class(api).api_methods:
+    for api in RUNTIME_APIS:
+        for name in runtime_class(api).api_methods:
             table.setdefault(name, api)
     return table
 
@@ -31,6 +33,20 @@ def __getattr__(name: str):
     if name == "API_METHODS":  # the table, as this module used to spell it
         return method_apis()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# FlagEmbedding's embedding heads, as encode()'s keywords name them (BGEM3FlagModel has three)
+HEADS = ("return_dense", "return_sparse", "return_colbert_vecs")
+
+
+@dataclass(frozen=True)
+class Call:
+    """How a server calls one batched API method: the keyword holding its inputs (texts or pairs) and the
+    embedding heads it switches by keyword. Declared by each runtime class (``BundleModel.calls``), so an HTTP route
+    never reads Python parameter names: a renamed parameter fails the class at import, not the API silently."""
+
+    inputs: str
+    heads: tuple[str, ...] = ()
 
 
 def _run_job_method(name: str, planner):
@@ -42,6 +58,22 @@ def _run_job_method(name: str, planner):
     return method
 
 
+def _check_declarations(cls) -> None:
+    """A runtime class's ``calls`` and ``per_call_options`` must match its methods: each call is an API method with a
+    planner that takes the declared inputs and heads keywords, each option has its setter."""
+    for name, call in cls.calls.items():
+        planner = getattr(cls, f"{name}_job", None)
+        if name not in cls.api_methods or planner is None:
+            raise TypeError(f"{cls.__name__}.calls declares {name}, which is not one of its batched API methods")
+        params = inspect.signature(planner).parameters
+        missing = [k for k in (call.inputs, *call.heads) if k not in params]
+        if missing:
+            raise TypeError(f"{cls.__name__}.{name}_job takes no {missing} (declared in {cls.__name__}.calls)")
+    for option in cls.per_call_options:
+        if not callable(getattr(cls, f"set_{option}", None)):
+            raise TypeError(f"{cls.__name__}.per_call_options declares {option}, but it has no set_{option}()")
+
+
 class BundleModel:
     api_methods: tuple[str, ...] = ()  # the FlagEmbedding API methods this class serves (see method_apis())
     # Each class registered in runtimes.RUNTIME_APIS declares, for its FlagEmbedding API: the constructor's
@@ -51,6 +83,11 @@ class BundleModel:
     flag_signature: list = []
     auto_model_class: tuple[str, str] | None = None
     loads_half_on_cpu: bool = False
+    # What a server may call (runtimes.server): each batched API method by name, with its inputs keyword and heads
+    # (each has a ``<name>_job`` planner), and the constructor options a request may change for one call (each has a
+    # ``set_<option>`` method; with_options)
+    calls: dict[str, Call] = {}
+    per_call_options: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs):
         """An API method ``m`` with a ``m_job`` planner is ``batcher.execute(m_job(...))``: the call's sequences and
@@ -60,6 +97,7 @@ class BundleModel:
             planner = getattr(cls, f"{name}_job", None)
             if planner is not None and not hasattr(cls, name):
                 setattr(cls, name, _run_job_method(name, planner))
+        _check_declarations(cls)
 
     def job(self, method: str, *args, **kwargs):
         """The Job of API call ``method(*args, **kwargs)`` (validated as the call itself validates)."""
@@ -75,10 +113,11 @@ class BundleModel:
         options. The copy's changes never reach this model."""
         clone = copy.copy(self)
         for key, value in options.items():
-            setter = getattr(clone, f"set_{key}", None)
-            if setter is None:
-                raise InputError(f"'{key}' cannot be set per call on a {self.manifest.runtime['api']} bundle")
-            setter(value)
+            if key not in self.per_call_options:
+                allowed = ", ".join(self.per_call_options) or "none"
+                raise InputError(f"'{key}' cannot be set per call on a {self.manifest.runtime['api']} bundle (the "
+                                 f"options it takes per call: {allowed})")
+            getattr(clone, f"set_{key}")(value)
         return clone
 
     def __getattr__(self, name: str):

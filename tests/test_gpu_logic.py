@@ -86,3 +86,74 @@ def test_padding_round_trip(side):
     back = b.unpad_output("token_weights", weights, 2, 3, 5)
     assert back.tolist() == (weights[:2, :3] if side == "right" else weights[:2, 2:]).tolist()
     assert not np.shares_memory(back, weights)
+
+
+# --- what differs per engine kind: the backends' class methods on a manifest's engine entry ---------------------
+
+ORT_CPU = {"kind": "onnxruntime", "file": "model.onnx", "providers": ["CPUExecutionProvider"]}
+ORT_CUDA = {"kind": "onnxruntime", "file": "model.onnx", "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+OV_CPU = {"kind": "openvino", "file": "model.xml", "device": "CPU", "inference_precision": "bf16", "num_threads": 0,
+          "performance_hint": "LATENCY", "cache": True, "buckets": False}
+TRT = {"kind": "tensorrt", "file": "model.plan", "onnx": "model.onnx", "tensorrt_version": "10.13.0.35", "gpu": "H100",
+       "compute_capability": "9.0", "profiles": [{"sequence": [1, 128], "max_batch": 64}]}
+
+
+def _backend(engine):
+    from runtimes.backends import get_backend_class
+
+    return get_backend_class(engine["kind"])
+
+
+def test_where_a_bundle_runs_is_its_backends_answer():
+    assert [_backend(e).on_gpu(e) for e in (ORT_CPU, ORT_CUDA, OV_CPU, TRT)] == [False, True, False, True]
+    assert _backend(OV_CPU).on_gpu({**OV_CPU, "device": "GPU"}) and not _backend(OV_CPU).on_gpu({"kind": "openvino"})
+    assert _backend(ORT_CUDA).where(ORT_CUDA) == "an NVIDIA GPU" and _backend(ORT_CPU).where(ORT_CPU) == "CPU"
+    assert _backend(ORT_CPU).benchmark_options(ORT_CPU) == {"allow_spinning": False}
+    assert _backend(ORT_CUDA).benchmark_options(ORT_CUDA) == {} == _backend(OV_CPU).benchmark_options(OV_CPU)
+
+
+def test_parity_device_and_the_graph_lint_reads():
+    from runtimes.backends.ort import cuda_usable
+
+    assert _backend(ORT_CPU).parity_device(ORT_CPU) == ({}, "CPUExecutionProvider")
+    if not cuda_usable():  # the CUDA bundle's graph runs on ONNX Runtime CPU, and the report says so
+        device = _backend(ORT_CUDA).parity_device(ORT_CUDA)
+        assert device.backend_options == {"providers": ["CPUExecutionProvider"]} and "no CUDA here" in device.name
+        assert "no bf16 kernels" in _backend(ORT_CUDA).unrunnable(ORT_CUDA, "bf16")
+    assert _backend(ORT_CPU).unrunnable(ORT_CPU, "fp32") is None
+    assert _backend(OV_CPU).parity_device(OV_CPU).name == "OpenVINO CPU, bf16 inference precision"
+    assert _backend(TRT).parity_device(TRT).name == "tensorrt"
+    assert _backend(ORT_CPU).onnx_graph(ORT_CPU) == "model.onnx" and _backend(TRT).onnx_graph(TRT) == "model.onnx"
+    assert _backend(OV_CPU).onnx_graph(OV_CPU) is None and _backend(OV_CPU).engine_format == "an OpenVINO IR"
+
+
+def test_inspect_lines_and_benchmark_peaks_per_engine():
+    assert _backend(ORT_CPU).describe(ORT_CPU, {}) == []
+    (line,) = _backend(OV_CPU).describe(OV_CPU, {"openvino": "2026.4"})
+    assert line.startswith("openvino   2026.4: inference precision bf16, threads all") and "device" not in line
+    assert "device GPU, " in _backend(OV_CPU).describe({**OV_CPU, "device": "GPU"}, {})[0]
+    assert _backend(TRT).describe(TRT, {}) == ["tensorrt   10.13.0.35 for H100 (sm 9.0); profiles 1-128 tokens x <= 64"]
+    peak = {"precision": "int8", "engine": ORT_CPU, "build": {"quantization": {"weight_type": "QUInt8"}}}
+    assert _backend(ORT_CPU).peak_kind(peak) == "int8-QUInt8"
+    assert _backend(ORT_CPU).peak_kind({**peak, "build": {}}) == "int8-QInt8"
+    assert _backend(ORT_CPU).peak_kind({**peak, "precision": "fp32"}) == "fp32"
+    assert _backend(OV_CPU).peak_kind({"precision": "bf16", "engine": OV_CPU}) == "bf16"
+    ov_int8 = {"precision": "int8", "engine": {**OV_CPU, "inference_precision": "fp32"}}
+    assert _backend(OV_CPU).peak_kind({**ov_int8, "build": {"quantization": {"method": "nncf.quantize"}}}) == "int8-ov"
+    assert _backend(OV_CPU).peak_kind({**ov_int8, "build": {"quantization": {"method": "nncf.compress_weights"}}}) \
+        == "fp32"
+
+
+def test_cuda_probe_model_is_the_one_node_identity_graph():
+    """runtimes/backends/ort.py carries the probe serialized (the runtime does not need onnx): the same bytes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    from runtimes.backends.ort import PROBE_MODEL
+
+    tp = onnx.TensorProto
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", tp.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", tp.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    assert model.SerializeToString() == PROBE_MODEL

@@ -94,3 +94,108 @@ def test_serve_help_and_error_without_the_serve_extra():
     r = _run(block + "import runtimes.server, runtimes.server.engine, runtimes.server.metrics\n"
                      "from bge_export.cli import main\nraise SystemExit(main(['serve', 'some/bundle']))\n")
     assert r.returncode == 2 and "pip install 'bge-export[serve]'" in r.stderr, r.stderr
+
+
+# --- the import graph of bge_export/ and runtimes/ ------------------------------------------------------------
+# numpy is the one third-party module a project module may import at its top; any other (torch, onnxruntime,
+# openvino, tokenizers, fastapi, ...) makes the module "heavy": imported inside the functions that need it.
+LIGHT_THIRD_PARTY = {"numpy"}
+PACKAGES = ("bge_export", "runtimes")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(module: str, is_package: bool, node, modules) -> list[str]:
+    """The modules an import statement names (``from pkg import sub`` names pkg.sub where that is a module)."""
+    import ast
+
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = module.split(".")[: None if is_package else -1]
+        parts = parts[: len(parts) - node.level + 1]
+        base = ".".join(parts + ([base] if base else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+
+
+def _import_graph():
+    """(module -> project modules its top imports, heavy modules, [(file, line, module) of function-level project
+    imports]). A top import of a.b.c also runs the packages a and a.b (edges to those the importer is not inside);
+    imports under ``if TYPE_CHECKING:`` never run."""
+    import ast
+
+    files = {_module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+    top: dict[str, set[str]] = {m: set() for m in files}
+    heavy, inner = set(), []
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        is_package = path.name == "__init__.py"
+
+        def visit(nodes, in_function):
+            for node in nodes:
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                    visit(node.orelse, in_function)
+                    continue
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    for name in _imported(module, is_package, node, files):
+                        root = name.split(".")[0]
+                        if root not in PACKAGES:
+                            if not in_function and not getattr(node, "level", 0) and root not in LIGHT_THIRD_PARTY \
+                                    and root not in sys.stdlib_module_names and root != "__future__":
+                                heavy.add(module)
+                        elif in_function:
+                            inner.append((path.relative_to(ROOT), node.lineno, name))
+                        else:
+                            parts = name.split(".")
+                            top[module].add(name)
+                            top[module].update(".".join(parts[:i]) for i in range(1, len(parts))
+                                               if not (module + ".").startswith(".".join(parts[:i]) + "."))
+                    continue
+                inside = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                visit(ast.iter_child_nodes(node), inside)
+
+        visit(tree.body, False)
+    changed = True
+    while changed:  # a module that imports a heavy module at its top is heavy too
+        changed = False
+        for module, deps in top.items():
+            if module not in heavy and deps & heavy:
+                heavy.add(module)
+                changed = True
+    return top, heavy, inner
+
+
+def test_no_import_cycle_between_project_modules():
+    """Module-top imports form no cycle: every module can be imported first, by anyone."""
+    top, _, _ = _import_graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def walk(module, path):
+        state[module] = 1
+        for dep in sorted(top.get(module, ())):
+            if state.get(dep) == 1:
+                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state and dep in top:
+                walk(dep, path + [dep])
+        state[module] = 2
+
+    for module in sorted(top):
+        if module not in state:
+            walk(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_function_level_project_imports_are_of_heavy_modules_only():
+    """A project module is imported inside a function only to put off a heavy library (torch, onnxruntime, fastapi,
+    ...) that it imports at its top; every other project import sits at the importer's top, where a reader sees it."""
+    top, heavy, inner = _import_graph()
+    light = [f"{path}:{line}: {name}" for path, line, name in inner if name not in heavy]
+    assert not light, "function-level imports of light project modules (lift them to the module top):\n" + \
+        "\n".join(light)
+    assert heavy >= {"bge_export.export.wrappers", "bge_export.export.decoders"}, sorted(heavy)
+    assert "runtimes" not in heavy and "bge_export" not in heavy and "bge_export.cli" not in heavy

@@ -14,60 +14,29 @@ Rows: median / p95 / p99 latency, tokens/s (real tokens the model sees), GFLOP/s
 speed-up over FlagEmbedding, and a sanity check: the max abs difference of
 each e2e result from FlagEmbedding's on the same inputs. Output: bench.jsonl, bench.md, bench.png.
 
-The package: args (the CLI's arguments -> BenchSettings), texts (exact-length inputs), peaks (the GEMM peaks),
-recipe (BenchRecipe: how a family's FlagEmbedding API is driven; each family declares its own), contenders (the bundles and the
-peers), harness (the timing loop: run_bench), report (bench.jsonl / bench.md / bench.png).
+The package: settings (BenchSettings: what a run times), args (the CLI's arguments -> BenchSettings, and the run),
+texts (exact-length inputs), peaks (the GEMM peaks), recipe (BenchRecipe: how a family's FlagEmbedding API is
+driven; each family declares its own), contenders (the bundles and the peers), harness (the timing loop:
+run_bench), report (bench.jsonl / bench.md / bench.png).
 """
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
-
-from bge_export.errors import BgeExportError
 
 # the package's public names -> their module, imported on first use (families import bench.recipe, so this package
 # must stay light to import)
 _EXPORTS = {
-    "DEFAULT_BATCHES": "args", "DEFAULT_SEQS": "args", "add_arguments": "args", "ints": "args",
-    "settings_from_args": "args", "BenchSettings": "harness", "Peers": "harness", "run_bench": "harness",
+    "DEFAULT_BATCHES": "settings", "DEFAULT_SEQS": "settings", "add_arguments": "args", "ints": "args",
+    "settings_from_args": "args", "run_from_args": "args", "BenchSettings": "settings", "Peers": "settings",
+    "run_bench": "harness",
     "matmul_gflops": "peaks", "BenchRecipe": "recipe", "Workload": "recipe", "recipe_for": "recipe",
     "best_markdown": "report", "check_text": "report", "markdown": "report", "plot": "report",
     "summary_markdown": "report", "write_outputs": "report", "exact_length_texts": "texts",
 }
-__all__ = sorted(_EXPORTS) + ["run_from_args"]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def run_from_args(args, log=print) -> int:
-    from bge_export.bench.args import settings_from_args
-    from bge_export.bench.harness import run_bench
-    from bge_export.bench.report import write_outputs
-
-    settings = settings_from_args(args)
-    from runtimes.bundle import open_bundle
-
-    for b in args.bundles:
-        open_bundle(b, verify=False)  # clear errors before any heavy work
-    rows, env = run_bench([Path(b) for b in args.bundles], settings, log=log)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise BgeExportError(f"--out {out} is a file; pass a folder for bench.jsonl, bench.md and bench.png")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BgeExportError(f"--out {out}: cannot write there ({exc.strerror})") from None
-    md, png = write_outputs(rows, env, out)
-    if args.json:
-        import json
-
-        print(json.dumps({"env": env, "rows": rows}, indent=2))
-    else:
-        print(md)
-    log(f"wrote {out / 'bench.jsonl'}, {out / 'bench.md'}" + (f", {out / 'bench.png'}" if png else
-                                                               " (no plot: pip install 'bge-export[dev]')"))
-    return 0

@@ -1,10 +1,15 @@
-"""`bge-export bench`'s command-line arguments, and the settings they give."""
+"""`bge-export bench`'s command line: its arguments, the settings they give, and the run they start."""
 from __future__ import annotations
 
-from bge_export.errors import BgeExportError
+import json
+from pathlib import Path
 
-DEFAULT_BATCHES = (1, 8, 32)
-DEFAULT_SEQS = (16, 128, 512)
+from bge_export.bench.harness import run_bench
+from bge_export.bench.report import write_outputs
+from bge_export.bench.settings import DEFAULT_BATCHES, DEFAULT_SEQS, BenchSettings, Peers
+from bge_export.errors import BgeExportError
+from bge_export.options import parse_int_list
+from runtimes.bundle import open_bundle
 
 
 def add_arguments(p) -> None:
@@ -30,15 +35,11 @@ def add_arguments(p) -> None:
 
 def ints(text: str, what: str) -> list[int]:
     """A comma-separated list of positive integers (--batch-sizes, --seq-lens)."""
-    from bge_export.options import parse_int_list
-
     return list(parse_int_list(text, what, example="1,8,32", error=BgeExportError))
 
 
 def settings_from_args(args):
     """The BenchSettings of parsed arguments (``--quick`` applied to them first)."""
-    from bge_export.bench.harness import BenchSettings, Peers
-
     if args.quick:
         args.batch_sizes, args.seq_lens, args.repeats = "1,8", "16,128", 3
     batches = ints(args.batch_sizes, "--batch-sizes")
@@ -49,3 +50,26 @@ def settings_from_args(args):
                          peers=Peers(flagmodel=not args.no_flagmodel, optimum=not args.no_optimum,
                                      torch_bf16=not args.no_torch_bf16, optimum_intel=not args.no_optimum_intel),
                          reference_device=args.reference_device)
+
+
+def run_from_args(args, log=print) -> int:
+    """Run `bge-export bench` on parsed arguments: check the bundles open, time them, write the outputs."""
+    settings = settings_from_args(args)
+    for b in args.bundles:
+        open_bundle(b, verify=False)  # clear errors before any heavy work
+    rows, env = run_bench([Path(b) for b in args.bundles], settings, log=log)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BgeExportError(f"--out {out} is a file; pass a folder for bench.jsonl, bench.md and bench.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BgeExportError(f"--out {out}: cannot write there ({exc.strerror})") from None
+    md, png = write_outputs(rows, env, out)
+    if args.json:
+        print(json.dumps({"env": env, "rows": rows}, indent=2))
+    else:
+        print(md)
+    log(f"wrote {out / 'bench.jsonl'}, {out / 'bench.md'}" + (f", {out / 'bench.png'}" if png else
+                                                               " (no plot: pip install 'bge-export[dev]')"))
+    return 0

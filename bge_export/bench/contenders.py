@@ -11,7 +11,12 @@ import numpy as np
 
 from bge_export.bench.peaks import contender_peak
 from bge_export.bench.recipe import BenchRecipe, Workload
+from bge_export.parity_run import quiet_stderr
 from runtimes._optional import available, require
+from runtimes.backends.ort import session_options
+from runtimes.backends import get_backend_class
+from runtimes.cpu import has_bf16
+from runtimes.loader import load
 
 
 @dataclass
@@ -24,13 +29,10 @@ class Contender:
 
 
 def bundle_contender(path: Path, m, recipe: BenchRecipe | None) -> tuple[Contender, object]:
-    """A bundle (``m``: its opened manifest), loaded with the recipe's options (ONNX Runtime on CPU: thread
-    spinning off); returns the contender and the runtime model."""
-    import runtimes
-
-    cpu = m.engine["kind"] == "onnxruntime" and m.engine["providers"][:1] == ["CPUExecutionProvider"]
-    backend = {"allow_spinning": False} if cpu else {}
-    model = runtimes.load(path, backend_options=backend, **(recipe.options if recipe else {}))
+    """A bundle (``m``: its opened manifest), loaded with the recipe's options and its backend's options for timing
+    in turns (ONNX Runtime on CPU: thread spinning off); returns the contender and the runtime model."""
+    backend = get_backend_class(m.engine["kind"]).benchmark_options(m.engine)
+    model = load(path, backend_options=backend, **(recipe.options if recipe else {}))
 
     def engine(x, b, s, w):
         feeds = recipe.engine_feeds(model, x, s)
@@ -47,8 +49,6 @@ def bundle_contender(path: Path, m, recipe: BenchRecipe | None) -> tuple[Contend
 def reference_contender(family, recipe: BenchRecipe, device: str = "cpu") -> Contender:
     """FlagEmbedding's own object: the parity reference (fp32 on CPU), or PyTorch fp16 eager on the GPU, with the
     bundle's variant (cutoff layers, compression) and the recipe's options."""
-    from bge_export.parity_run import quiet_stderr
-
     cuda = device == "cuda"
     ref = family.reference(**recipe.options, **({"use_fp16": True, "devices": "cuda:0"} if cuda else {}))
 
@@ -118,7 +118,6 @@ def optimum_contender(ckpt_path: str, workdir: Path) -> Contender:
     del exported  # the export's torch model and its own session: only the saved graph is timed
     gc.collect()
     # optimum's exported graph, run with exactly the session settings our bundles get in this benchmark
-    from runtimes.backends.ort import session_options
 
     session = ort.InferenceSession(str(workdir / "optimum" / "model.onnx"), session_options(ort, allow_spinning=False),
                                    providers=["CPUExecutionProvider"])
@@ -197,10 +196,8 @@ def optimum_intel_contenders(ckpt_path: str, workdir: Path, precisions=("f32", "
 
 def peer_contenders(peers, family, recipe: BenchRecipe, ckpt: str, workdir: Path, reference_device: str,
                     log) -> list[Contender]:
-    """The peers asked for in ``peers`` (harness.Peers) that can run this recipe on this machine; each one skipped
+    """The peers asked for in ``peers`` (settings.Peers) that can run this recipe on this machine; each one skipped
     is logged."""
-    from runtimes.cpu import has_bf16
-
     out = []
     if peers.flagmodel:
         log(f"loading FlagEmbedding {family.reference_api} "

@@ -9,48 +9,22 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bge_export.bench.args import DEFAULT_BATCHES, DEFAULT_SEQS
 from bge_export.bench.contenders import Contender, bundle_contender, peer_contenders
 from bge_export.bench.peaks import PEAK_SIZES, PEAKS, gpu_peak_gflops, peak_gflops
-from bge_export.bench.recipe import BenchRecipe, Workload
-from bge_export.bench.recipe import recipe_for
+from bge_export.bench.recipe import BenchRecipe, Workload, recipe_for
 from bge_export.bench.report import short_name
+from bge_export.bench.settings import BenchSettings
 from bge_export.bench.texts import bundle_workload
 from bge_export.errors import BgeExportError
 from bge_export.families import FAMILIES, family_from_manifest, get_family
 from runtimes._optional import require
-
-
-@dataclass(frozen=True)
-class Peers:
-    """The peers a run asks for (each still skipped where it cannot run the recipe or this machine)."""
-    flagmodel: bool = True  # FlagEmbedding's own object (the reference every speed-up and check is against)
-    optimum: bool = True  # optimum's ONNX export (ORT CPU)
-    torch_bf16: bool = True  # the reference's model cast to bf16 in plain torch (CPUs with bf16)
-    optimum_intel: bool = True  # optimum-intel's OpenVINO export, fp32 and bf16 (where it is installed)
-
-    def any(self) -> bool:
-        return self.flagmodel or self.optimum or self.torch_bf16 or self.optimum_intel
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """What one bench run times and how."""
-    batches: tuple[int, ...] = DEFAULT_BATCHES
-    seqs: tuple[int, ...] = DEFAULT_SEQS  # tokens per text (cells above the model's positions are skipped)
-    repeats: int = 5  # timed runs per contender and cell
-    warmup: int = 1  # extra untimed runs per contender and cell
-    peers: Peers = field(default_factory=Peers)
-    reference_device: str = "cpu"  # "cuda": FlagEmbedding fp16 on the first GPU, every row against the GPU's peak
-
-    @property
-    def gpu(self) -> bool:
-        return self.reference_device == "cuda"
+from runtimes.bundle import open_bundle
+from runtimes.cpu import cpu_flags, cpu_name
 
 
 @dataclass
@@ -86,11 +60,9 @@ def run_bench(bundles: list[Path], settings: BenchSettings = BenchSettings(), lo
 
 def _open_subject(bundles: list[Path]) -> Subject:
     """Every bundle loaded as a contender; raises unless they share checkpoint, API (with a recipe) and variant."""
-    import runtimes
-
     contenders, metas, models, recipes = [], [], [], []
     for b in bundles:
-        manifest = runtimes.open_bundle(Path(b), verify=False).manifest
+        manifest = open_bundle(Path(b), verify=False).manifest
         recipe = _manifest_recipe(manifest.data)
         c, model = bundle_contender(Path(b), manifest, recipe)
         contenders.append(c)
@@ -158,8 +130,6 @@ def _first_peaks(settings: BenchSettings, contenders: list[Contender]) -> dict[s
 
 
 def _environment(settings: BenchSettings, meta: dict, peaks: dict[str, float]) -> dict:
-    from runtimes.cpu import cpu_flags, cpu_name
-
     gpu = settings.gpu
     return {"machine": platform.machine(), "processor": cpu_name(), "cpus": os.cpu_count(),
             "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))),

@@ -1,5 +1,5 @@
 """The peaks that "% of peak" divides by: GEMM timers per precision (CPU: the engine that runs that precision;
-GPU: torch fp16), and the precision a bundle's matmuls run in (``contender_peak``)."""
+GPU: torch fp16), and the precision a bundle's matmuls run in (``contender_peak``, from its backend)."""
 from __future__ import annotations
 
 import time
@@ -7,6 +7,9 @@ import time
 import numpy as np
 
 from runtimes._optional import require
+from runtimes.backends import get_backend_class
+from runtimes.backends.openvino import device_supports_bf16
+from runtimes.backends.ort import session_options
 
 
 def timed_gflops(call, flops: float, sync=lambda: None, seconds: float = 1.0) -> float:
@@ -64,8 +67,6 @@ def ov_matmul_peak_gflops(kind: str, n: int = PEAK_N, seconds: float = 1.5, dept
     ov = require("openvino")
     from openvino import opset13 as ops
 
-    from runtimes.backends.openvino import device_supports_bf16
-
     core = ov.Core()
     if kind == "bf16" and not device_supports_bf16(core):
         return None
@@ -94,8 +95,6 @@ def ort_matmul_peak_gflops(kind: str = "fp32", n: int = PEAK_N, seconds: float =
     ort = require("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
-    from runtimes.backends.ort import session_options
-
     rng = np.random.default_rng(0)
     if kind == "fp32":
         a = rng.standard_normal((n, n), dtype=np.float32)
@@ -122,13 +121,5 @@ def gpu_peak_gflops() -> float:
 
 
 def contender_peak(manifest: dict) -> str:
-    """The PEAKS kind of a bundle: the precision its matmuls run in. ONNX Runtime int8 by its weight type (older
-    bundles: signed); OpenVINO bf16, static int8, or fp32 (also weight-only int8, whose compute is float)."""
-    quant = (manifest.get("build") or {}).get("quantization") or {}
-    if manifest["engine"]["kind"] == "openvino":
-        if manifest["engine"].get("inference_precision") == "bf16":
-            return "bf16"
-        return "int8-ov" if quant.get("method") == "nncf.quantize" else "fp32"
-    if manifest["precision"] != "int8":
-        return "fp32"
-    return "int8-" + quant.get("weight_type", "QInt8")
+    """The PEAKS kind of a bundle (manifest data): the precision its matmuls run in, as its backend says."""
+    return get_backend_class(manifest["engine"]["kind"]).peak_kind(manifest)

@@ -6,6 +6,8 @@ from typing import Callable
 
 from bge_export.bench.recipe import Workload
 from bge_export.errors import BgeExportError
+from bge_export.parity_run import parity_texts
+from runtimes.tokenizer import Tokenizer
 
 
 def exact_length_texts(tokenize: Callable[[str], int], words: list[str], n: int, seq: int) -> list[str]:
@@ -32,11 +34,8 @@ def exact_length_texts(tokenize: Callable[[str], int], words: list[str], n: int,
 def bundle_workload(bundle: Path, meta: dict, model) -> Workload:
     """The Workload of a bench run: texts counted with the tokenizer of ``bundle`` (manifest data ``meta``) and
     its runtime ``model``."""
-    from runtimes.tokenizer import Tokenizer
-
     tok = Tokenizer(Path(bundle) / meta["tokenizer"]["dir"], pad_token_id=meta["tokenizer"]["pad_token_id"],
                     padding_side=meta["tokenizer"]["padding_side"])
-    from bge_export.parity_run import parity_texts
 
     words = " ".join(parity_texts()["corpus"]).split()
     n_tok = lambda text: len(tok.encode([text], 100_000)[0].ids)  # noqa: E731

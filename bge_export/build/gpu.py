@@ -16,8 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bge_export import parity_run
 from bge_export.build.half import convert_fp16
 from bge_export.build.ort import MODEL, BuildResult, build_onnx, fuse, model_files
+from bge_export.build.qdq import quantize_qdq
 from bge_export.errors import InternalError
 from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
@@ -67,9 +69,6 @@ def set_opset(path: Path, version: int) -> None:
 
 
 def build_onnx_qdq(family, exported, out_dir: Path, log=print) -> BuildResult:
-    from bge_export import parity_run
-    from bge_export.build.qdq import quantize_qdq
-
     texts = parity_run.parity_texts()
     corpus = list(texts["corpus"]) + list(texts["queries"])
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
+from runtimes.cpu import cpu_name, has_vnni, int8_weight_type
 
 MODEL = "model.onnx"
 DATA = "model.onnx.data"
@@ -139,8 +140,6 @@ def int8_settings() -> dict:
     """INT8_SETTINGS plus the weight type for the CPU that builds (runtimes.cpu.int8_weight_type: signed with
     VNNI, unsigned without, where the signed kernel saturates); the runtime warns when a bundle with signed
     weights runs on a CPU without VNNI."""
-    from runtimes.cpu import cpu_name, has_vnni, int8_weight_type
-
     return {**INT8_SETTINGS, "weight_type": int8_weight_type(), "built_on": cpu_name(), "built_on_vnni": has_vnni()}
 
 

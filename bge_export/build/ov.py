@@ -17,9 +17,13 @@ import time
 from pathlib import Path
 
 
+from bge_export import parity_run
 from bge_export.build.ort import BuildResult
+from bge_export.build.qdq import CALIBRATION_BATCH, calibration_feeds
+from bge_export.errors import UnsupportedTargetError
 from bge_export.export.onnx import CHECK_TOLERANCE, compare_graph, ort_runner
 from runtimes._optional import require
+from runtimes.backends.openvino import compile_config
 
 XML = "model.xml"
 BIN = "model.bin"
@@ -34,10 +38,11 @@ INT8_METHODS = ("weights", "static")
 DEFAULT_INT8_METHOD = "weights"
 
 
-def engine_entry(precision: str, **extra) -> dict:
-    """The manifest's engine fields: what the runtime compiles the IR with. num_threads 0 = every core;
-    the compiled model is cached (OpenVINO keys it on the IR and these settings) under the user's cache folder."""
-    return {"file": XML, "device": "CPU", "inference_precision": precision, "num_threads": 0,
+def engine_entry(precision: str, device: str = "CPU", **extra) -> dict:
+    """The manifest's engine fields: what the runtime compiles the IR with, on which OpenVINO device (the backend
+    reads "device"). num_threads 0 = every core; the compiled model is cached (OpenVINO keys it on the IR and these
+    settings) under the user's cache folder."""
+    return {"file": XML, "device": device, "inference_precision": precision, "num_threads": 0,
             "performance_hint": "LATENCY", "cache": True, "buckets": False, **extra}
 
 
@@ -53,14 +58,12 @@ def save(model, out_dir: Path) -> list[str]:
     return [XML, BIN]
 
 
-def ov_runner(model_or_path, family, precision: str = "fp32"):
-    """feeds -> outputs in the family's output order, compiled on this CPU at ``precision``."""
+def ov_runner(model_or_path, family, precision: str = "fp32", device: str = "CPU"):
+    """feeds -> outputs in the family's output order, compiled for the OpenVINO ``device`` at ``precision``."""
     ov = require("openvino")
-    from runtimes.backends.openvino import compile_config
-
     core = ov.Core()
     model = model_or_path if not isinstance(model_or_path, Path) else str(model_or_path)
-    compiled = core.compile_model(model, "CPU", compile_config({"inference_precision": precision}))
+    compiled = core.compile_model(model, device, compile_config({"inference_precision": precision}))
     ports = {p.get_any_name(): p for p in compiled.outputs}
     names = [o.name for o in family.outputs()]
     request = compiled.create_infer_request()
@@ -72,17 +75,19 @@ def ov_runner(model_or_path, family, precision: str = "fp32"):
     return run
 
 
-def _build_float(family, exported, out_dir: Path, log, precision: str) -> BuildResult:
+def _build_float(family, exported, out_dir: Path, log, precision: str, device: str = "CPU") -> BuildResult:
     start = time.perf_counter()
     model = convert(exported)
     files = save(model, out_dir)
     size = sum((out_dir / f).stat().st_size for f in files) / 1e6
     log(f"converted to OpenVINO IR in {time.perf_counter() - start:.1f}s ({size:.1f} MB, fp32 weights; compiled "
         f"with inference precision {precision} at load)")
-    # the IR against the export it came from, both in fp32 (bf16 accuracy is parity's job, on a CPU that has it)
-    check = compare_graph(ort_runner(exported.path, family), ov_runner(out_dir / XML, family), family,
-                          tolerance=CHECK_TOLERANCE["fp32"], what="the OpenVINO IR")
-    return BuildResult(files=files, engine=engine_entry(precision),
+    # the IR against the export it came from, both in fp32, on the engine's device (bf16 accuracy is parity's job,
+    # on a CPU that has it)
+    engine = engine_entry(precision, device)
+    check = compare_graph(ort_runner(exported.path, family), ov_runner(out_dir / XML, family, device=engine["device"]),
+                          family, tolerance=CHECK_TOLERANCE["fp32"], what="the OpenVINO IR")
+    return BuildResult(files=files, engine=engine,
                        info={"graph": "OpenVINO IR converted from the fp32 ONNX export",
                              "openvino": _version(), "check_vs_exported": check})
 
@@ -129,12 +134,8 @@ def quiet_nncf():
 def build_ov_cpu_int8(family, exported, out_dir: Path, log=print, int8_method: str | None = None) -> BuildResult:
     int8_method = int8_method or DEFAULT_INT8_METHOD
     if int8_method not in INT8_METHODS:
-        from bge_export.errors import UnsupportedTargetError
-
         raise UnsupportedTargetError(f"--ov-int8 {int8_method!r} is not a method; choose one of {', '.join(INT8_METHODS)}")
     nncf = require("nncf")
-    from bge_export import parity_run
-    from bge_export.build.qdq import CALIBRATION_BATCH, calibration_feeds
 
     start = time.perf_counter()
     model = convert(exported)

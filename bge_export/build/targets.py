@@ -2,14 +2,19 @@
 can build (``Target.supports``) and which builder options it takes (command-line flags generated from them).
 
 Adding a target is one ``register_target`` call here, its builder in ``bge_export/build/`` and, for a new engine
-kind, its backend in ``runtimes/backends/`` (CONTRIBUTING.md)."""
+kind, its backend in ``runtimes/backends/`` (CONTRIBUTING.md). What differs per engine kind once a bundle is built
+(where it runs, where parity checks it, what inspect prints, the benchmark's peak) is the backend's to say, from the
+manifest's engine entry; what differs before (the device it needs, its hardware check) is declared here."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from bge_export.errors import InternalError, UnsupportedTargetError
-from bge_export.options import Option, parse_int_list
+from bge_export.options import Option, parse_int_list, unique_options
+from runtimes._optional import available, require
+from runtimes.cpu import capabilities
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,10 @@ class Target:
     # (trt-bf16: only families with ``half_export`` can build it)
     needs_half_export: bool = False
     help: str = ""  # its paragraph in `bge-export --help`'s target list ("\n" breaks the line)
+    device: str = "cpu"  # where its engine runs: "cpu" or "gpu" (the targets() groups; the tests pick by it)
+    # "module:function" called as (target name, family, builder options) before anything is exported: refuses with
+    # what works here where the build needs hardware or libraries this machine lacks (TensorRT: the library, a GPU)
+    precheck: str | None = None
 
     def supports(self, family) -> str | None:
         """Why this target cannot build ``family`` (a family class, or a family object for what depends on its
@@ -43,10 +52,20 @@ class Target:
         return None
 
     def build_fn(self) -> Callable:
-        import importlib
+        return _resolve(self.builder)
 
-        module, fn = self.builder.split(":")
-        return getattr(importlib.import_module(module), fn)
+    def check_can_build(self, family, options: dict) -> None:
+        """The target's hardware and library check (``precheck``), then the modules it ``requires``."""
+        if self.precheck:
+            _resolve(self.precheck)(self.name, family, options)
+        for dep in self.requires:
+            require(dep)
+
+
+def _resolve(spec: str) -> Callable:
+    """A "module:function" declaration, imported on use (builders import the engine libraries)."""
+    module, fn = spec.split(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 TARGETS: dict[str, Target] = {}
@@ -117,11 +136,11 @@ register_target(Target("ov-cpu-int8", "int8", "openvino", (),
 
 register_target(Target("ort-cuda", "fp32", "onnxruntime", CUDA_PROVIDERS,
                        "fp32 fused graph for ONNX Runtime CUDA (IO binding, shape buckets, optional CUDA graphs)",
-                       "bge_export.build.ort:build_ort_cpu",
+                       "bge_export.build.ort:build_ort_cpu", device="gpu",
                        help="fp32 fused graph for ONNX Runtime CUDA: IO binding, shape buckets, optional CUDA graphs"))
 register_target(Target("ort-cuda-fp16", "half", "onnxruntime", CUDA_PROVIDERS,
                        "fp16 fused graph for ONNX Runtime CUDA, LayerNorm / RMSNorm / softmax and heads in fp32 "
-                       "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half",
+                       "(bf16 for the Gemma families)", "bge_export.build.gpu:build_ort_cuda_half", device="gpu",
                        help="the same in fp16 with LayerNorm / RMSNorm / softmax and heads in fp32 (bf16 for Gemma models)"))
 register_target(Target("onnx-fp16", "fp16", "onnxruntime", ("CPUExecutionProvider",),
                        "the standard-op fp16 ONNX that trt-fp16 compiles (fp32 norm / softmax islands); runs on any "
@@ -141,11 +160,15 @@ for _name, _precision, _what, _fn, _help in (
     register_target(Target(_name, _precision, "tensorrt", (),
                     f"TensorRT engine, strongly typed, built from {_what}; profiles per sequence bucket",
                     f"bge_export.build.trt:{_fn}", requires=("tensorrt",), options=TRT_OPTIONS,
-                    needs_half_export=_precision == "bf16", help=_help))
+                    needs_half_export=_precision == "bf16", help=_help, device="gpu",
+                    precheck="bge_export.build.trt:check_can_build"))
 
-CPU_TARGETS = ("onnx", "ort-cpu", "ort-cpu-int8")
-OV_TARGETS = ("ov-cpu", "ov-cpu-bf16", "ov-cpu-int8")
-GPU_TARGETS = ("ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8", "trt-fp16", "trt-int8")
+
+def targets(*, device: str | None = None, engine_kind: str | None = None) -> tuple[str, ...]:
+    """The registered targets (in registry order) that run on ``device`` ("cpu" / "gpu") and build ``engine_kind``
+    (a runtimes.backends kind); None: any."""
+    return tuple(name for name, t in TARGETS.items()
+                 if device in (None, t.device) and engine_kind in (None, t.engine_kind))
 
 
 def family_targets(family) -> list[str]:
@@ -168,8 +191,6 @@ def get_target(name: str, family=None) -> Target:
 
 def build_options() -> list[Option]:
     """Every target's builder options, once each (the CLI's flags)."""
-    from bge_export.options import unique_options
-
     return unique_options(t.options for t in TARGETS.values())
 
 
@@ -199,9 +220,6 @@ FP32_CPU_DEFAULT = "ort-cpu"
 
 def default_cpu_target() -> tuple[str, str]:
     """(target, why): the fastest non-int8 CPU target for this CPU, what `bge-export` builds without --target."""
-    from runtimes._optional import available
-    from runtimes.cpu import capabilities
-
     cpu = capabilities()
     if not available("openvino"):
         return "ort-cpu", ("OpenVINO is not installed; pip install 'bge-export[openvino]' for the ov-cpu targets, "

@@ -13,8 +13,10 @@ import os
 import time
 from pathlib import Path
 
+from bge_export.build.gpu import build_onnx_half, build_onnx_qdq
 from bge_export.build.ort import MODEL, BuildResult
 from bge_export.errors import BuildError, MissingDependencyError, UnsupportedTargetError
+from bge_export.options import parse_int_list as parse
 from runtimes._optional import available, require
 
 PLAN = "model.plan"
@@ -25,8 +27,6 @@ TOKENS_PER_PROFILE = DEFAULT_MAX_BATCH * 512  # long buckets get smaller max bat
 
 def parse_int_list(text, what: str) -> tuple[int, ...] | None:
     """A TensorRT option's integer list (--trt-seq-buckets): bge_export.options.parse_int_list."""
-    from bge_export.options import parse_int_list as parse
-
     return parse(text, what, error=UnsupportedTargetError)
 
 
@@ -157,12 +157,8 @@ def _build(stage, family, exported, out_dir: Path, log, *, timing_cache=None, op
 
 
 def build_trt_half(family, exported, out_dir: Path, log=print, **options) -> BuildResult:
-    from bge_export.build.gpu import build_onnx_half
-
     return _build(build_onnx_half, family, exported, out_dir, log, **options)
 
 
 def build_trt_int8(family, exported, out_dir: Path, log=print, **options) -> BuildResult:
-    from bge_export.build.gpu import build_onnx_qdq
-
     return _build(build_onnx_qdq, family, exported, out_dir, log, **options)

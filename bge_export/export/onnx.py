@@ -13,6 +13,7 @@ import numpy as np
 
 from bge_export.errors import ExportCheckError, InternalError
 from runtimes._optional import require
+from runtimes.backends.ort import session_options
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = 1_800_000_000  # stay clear of protobuf's 2 GB limit
@@ -65,8 +66,6 @@ def torch_outputs(module, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def ort_runner(onnx_path: Path, family):
     """A function feeds -> list of outputs for ``onnx_path`` on ONNX Runtime's CPU provider."""
-    from runtimes.backends.ort import session_options
-
     ort = require("onnxruntime")
     sess = ort.InferenceSession(str(onnx_path), session_options(ort), providers=["CPUExecutionProvider"])
     names = [o.name for o in family.outputs()]

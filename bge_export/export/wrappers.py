@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bge_export.errors import CheckpointError
+
 
 @contextlib.contextmanager
 def user_weights(path: Path, what: str = "the weights"):
     """Any failure to read a user's weight files (safetensors, pickles, shapes) is a CheckpointError, not a bug."""
-    from bge_export.errors import CheckpointError
-
     try:
         yield
     except Exception as exc:

@@ -1,12 +1,14 @@
 """Family specs: data that export, build, runtime and parity read, plus the few hooks that need code."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from bge_export import reference
+from bge_export.build.targets import family_targets
+from bge_export.checkpoint import resolve_checkpoint
 from bge_export.errors import InternalError, UnsupportedFamilyError
-from bge_export.options import Option
+from bge_export.options import Option, unique_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from bge_export.checkpoint import Checkpoint
@@ -31,25 +33,6 @@ class TensorSpec:
                 "axes": [a if a in ("batch", "sequence") else sizes.get(a, a) for a in self.axes]}
 
 
-@dataclass(frozen=True)
-class TestCase:
-    __test__ = False  # not a pytest class
-
-    """A checkpoint the test suite builds for a family: ``build(folder)`` writes the real on-disk layout with random
-    (or, ``trained``, real) weights into ``folder`` and returns the checkpoint folder. ``folder`` is the basename it
-    gets (FlagEmbedding's auto classes dispatch on it); ``variant`` the export-time options the case is built with;
-    ``trained`` cases have real weights, so retrieval statistics are gated on them. Every case is parity-checked
-    on the CPU targets (onnx, ort-cpu, ort-cpu-int8, ov-cpu); ``targets`` adds more (ov-cpu-int8 / ov-cpu-bf16 and
-    the GPU targets' graphs, checked on ONNX Runtime CPU), typically on one case per family."""
-
-    name: str
-    build: Callable[[Path], Path]
-    folder: str
-    variant: dict = field(default_factory=dict, hash=False)
-    trained: bool = False
-    targets: tuple[str, ...] = ()
-
-
 FAMILIES: dict[str, type["Family"]] = {}
 
 
@@ -65,9 +48,6 @@ class Family:
     options: ClassVar[tuple[Option, ...]] = ()
     # the targets that can build this family, in registry order: set at registration from Target.supports
     targets: ClassVar[tuple[str, ...]] = ()
-    # the checkpoints the test suite builds for this family (at least one) and the (output, metric) columns of
-    # its parity summary table
-    test_cases: ClassVar[tuple[TestCase, ...]] = ()
     # every FlagEmbedding API the family may serve (a family may pick one per checkpoint: the LLM embedders)
     reference_apis: ClassVar[tuple[str, ...]] = ()
     # the reference's pure calls (remembered per process by parity_run.CachedReference) and the calls that change
@@ -76,13 +56,15 @@ class Family:
     reference_state_calls: ClassVar[tuple[str, ...]] = ()
     # how `bge-export bench` drives its FlagEmbedding API (bge_export.bench.recipe.BenchRecipe; None: not benched)
     bench_recipe: ClassVar[Any] = None
+    # the (output, metric) columns of its parity summary table (the checkpoints the test suite builds for it are
+    # test code: parity_tests/tiny_checkpoints.py)
     summary_columns: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init_subclass__(cls, abstract: bool = False, **kw):
         super().__init_subclass__(**kw)
         if abstract:  # a shared base of several families (e.g. the decoders), never registered itself
             return
-        for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs", "test_cases"):
+        for attr in ("name", "reference_api", "description", "checkpoints", "parity_outputs"):
             if not hasattr(cls, attr):
                 raise InternalError(f"family class {cls.__name__} must define '{attr}'")
         if not cls.__dict__.get("reference_apis"):
@@ -145,8 +127,6 @@ class Family:
 
     def reference(self, **kwargs):
         """FlagEmbedding's own class for this family, fp32 on CPU, built with the variant's options."""
-        from bge_export import reference
-
         return reference.flag(self.reference_api, self.ckpt.path, **{**self.reference_options(), **kwargs})
 
     # The following are implemented per family.
@@ -160,8 +140,6 @@ class Family:
 
 
 def register_family(cls: type[Family]) -> type[Family]:
-    from bge_export.build.targets import family_targets
-
     if cls.name in FAMILIES:
         raise InternalError(f"family '{cls.name}' is registered twice ({FAMILIES[cls.name].__name__} and {cls.__name__})")
     cls.targets = tuple(family_targets(cls))
@@ -171,8 +149,6 @@ def register_family(cls: type[Family]) -> type[Family]:
 
 def variant_options() -> list[Option]:
     """Every family's export-time options, once each (the CLI's flags)."""
-    from bge_export.options import unique_options
-
     return unique_options(f.options for f in FAMILIES.values())
 
 
@@ -202,8 +178,6 @@ def recognise(ckpt: "Checkpoint") -> type[Family]:
 
 def family_from_manifest(manifest: dict) -> Family:
     """The family object a bundle was built from, on its source checkpoint (raises CheckpointError if it is gone)."""
-    from bge_export.checkpoint import resolve_checkpoint
-
     family_cls = get_family(manifest["family"])
     ckpt = resolve_checkpoint(manifest["source"]["checkpoint"])
     return family_cls(ckpt, **family_cls.options_from_variant(manifest["variant"]))

@@ -4,15 +4,15 @@ reference-semantics §0.5, §0.6)."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
+from bge_export import reference
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.families.base import TensorSpec, TestCase, register_family
-from bge_export.families.decoders import (DECODER_INIT_RANGE, GROUP, LIGHTWEIGHT_PROMPT, CutoffRerankerFamily,
-                                          add_remote_code, tokenizer_vocab_size, decoder_reranker_recipe, gemma_tokenizer,
+from bge_export.families.base import TensorSpec, register_family
+from bge_export.families.decoders import (GROUP, LIGHTWEIGHT_PROMPT, CutoffRerankerFamily, decoder_reranker_recipe,
                                           parse_layers)
 from bge_export.options import Option
+from runtimes.llm import effective_compress_layers
 
 #: what the shimmed lightweight reranker runs: FlagEmbedding's CostWise model uses SDPA (no attention soft-cap)
 #: under both transformers 4.46 and 4.57
@@ -36,8 +36,6 @@ def _lightweight_forward(ref, enc):
 def lightweight_reference(path, **kwargs: Any):
     """``LightWeightFlagLLMReranker`` (bge-reranker-v2.5-gemma2-lightweight) in fp32 on CPU, with the
     ``position_embeddings`` shim on each Gemma2 decoder layer and ``use_cache=False``. Attention stays SDPA."""
-    from bge_export import reference
-
     options = {"use_bf16": False, **reference.cpu_fp32(kwargs)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*cannot both be `False`.*")
@@ -97,10 +95,6 @@ class CompressedRerankerFamily(CutoffRerankerFamily):
     # its reference forward takes the query and prompt lengths as python lists
     bench_recipe = decoder_reranker_recipe(_lightweight_forward,
                                            ("query_lengths", "prompt_lengths"))
-    test_cases = (TestCase("tiny-lightweight", lambda d: tiny_gemma2_lightweight(d),
-                           "bge-reranker-v2.5-gemma2-lightweight",
-                           variant={"cutoff_layers": [2, 4], "compress_ratio": 2, "compress_layers": [2, 3]},
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "onnx-int8")),)
     variant_keys = ("export_dtype", "cutoff_layers", "compress_ratio", "compress_layers")
     options = CutoffRerankerFamily.options + (COMPRESS_RATIO, COMPRESS_LAYERS)
     required_config = ("start_layer", "layer_sep", "layer_wise")
@@ -124,8 +118,6 @@ class CompressedRerankerFamily(CutoffRerankerFamily):
         return False
 
     def make_variant(self, *, cutoff_layers=None, compress_ratio=None, compress_layers=None, **options: Any) -> dict:
-        from runtimes.llm import effective_compress_layers
-
         variant = self.common_variant(options)
         cutoffs = self.cutoff_variant(cutoff_layers)
         ratio = 1 if compress_ratio is None else compress_ratio
@@ -174,35 +166,3 @@ class CompressedRerankerFamily(CutoffRerankerFamily):
         v = self.variant
         return {**super().reference_options(), "compress_ratio": v["compress_ratio"],
                 "compress_layers": list(v["compress_layers"])}
-
-
-# --- tiny test checkpoint ------------------------------------------------------------------------------------
-
-def tiny_gemma2_lightweight(folder: Path, *, seed: int = 23, hidden_size: int = 64, num_hidden_layers: int = 4,
-                            intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                            head_dim: int | None = None, start_layer: int = 2, layer_sep: int = 1,
-                            vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-reranker-v2.5-gemma2-lightweight layout: FlagEmbedding's CostWiseGemmaForCausalLM (Gemma2 blocks + one
-    CostWiseHead(H,1) per layer in range(start_layer, N+1, layer_sep)), the two module files, auto_map, and the
-    Gemma tokenizer (§8)."""
-    import torch
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = CostWiseGemmaConfig(
-        vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, head_dim=head_dim, start_layer=start_layer, layer_sep=layer_sep,
-        **{"query_pre_attn_scalar": head_dim, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
-           "final_logit_softcapping": 30.0, "layer_wise": True, "pad_token_id": 0, "eos_token_id": 1,
-           "bos_token_id": 2, "use_cache": True, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    CostWiseGemmaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    add_remote_code(folder, ("gemma_config.py", "gemma_model.py"), {
-        "AutoConfig": "gemma_config.CostWiseGemmaConfig",
-        "AutoModel": "gemma_model.CostWiseGemmaModel",
-        "AutoModelForCausalLM": "gemma_model.CostWiseGemmaForCausalLM",
-    })
-    return folder

@@ -1,6 +1,6 @@
 """What the decoder-only families share (bge_export/families/llm_reranker.py, layerwise_reranker.py,
 compressed_reranker.py, llm_embedder.py): config checks, model info, FLOPs, the export dtype variant, the rerankers'
-pair building, parity recipe and bench recipe, and the tiny sentencepiece tokenizers their test checkpoints use.
+pair building, parity recipe and bench recipe (their tiny test checkpoints: parity_tests/tiny_checkpoints.py).
 
 Graphs come from bge_export/export/decoders.py (our own implementation, no trust_remote_code), its architectures
 from bge_export/families/decoder_archs.py (a new backbone registers itself there from its family module); prompt
@@ -9,15 +9,15 @@ the Gemma2 attention choice and the export dtype are export-time variants record
 """
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 from bge_export.bench.recipe import BenchRecipe, Workload
-from bge_export.errors import CheckpointError, InternalError, UnsupportedFamilyError
+from bge_export.checkpoint import load_tokenizer
+from bge_export.errors import CheckpointError, UnsupportedFamilyError
 from bge_export.families.decoder_archs import spec_from_config
 from bge_export.families.base import Family, TensorSpec
-from bge_export.options import Option
+from bge_export.options import Option, parse_int_list
+from bge_export.parity import SCALE_FLOOR, gate, rel_spread_error, scaled_error, spearman, spread
+from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, rerank_pairs
 
 EXPORT_DTYPES = ("fp32", "fp16", "bf16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -36,8 +36,6 @@ CUTOFF_LAYERS = Option("cutoff_layers", "--cutoff-layers", "layer-wise / lightwe
 
 def parse_layers(value, what: str) -> list[int] | None:
     """'28,40' / [28, 40] / 28 -> [28, 40]; None stays None."""
-    from bge_export.options import parse_int_list
-
     values = parse_int_list(value, what, minimum=0, example="28,40", error=UnsupportedFamilyError)
     return None if values is None else list(values)
 
@@ -118,12 +116,10 @@ class DecoderFamily(Family, abstract=True):
         return [TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")]
 
     def tokenizer(self):
-        from bge_export.checkpoint import load_tokenizer
-
         return load_tokenizer(self.ckpt)
 
     def build(self, head_layers: int, state=None):
-        from bge_export.export.decoders import build_stack
+        from bge_export.export.decoders import build_stack  # imports torch
 
         return build_stack(self.ckpt.path, self.spec(), head_layers, self.torch_dtype(), state)
 
@@ -234,8 +230,6 @@ def score_sample_values(model, sample: dict) -> dict:
     """Reranker scores (one row per cutoff layer) against the bundle's stored reference sample."""
     import numpy as np
 
-    from bge_export.parity import rel_spread_error, spearman
-
     got = np.asarray(model.compute_score([list(p) for p in sample["pairs"]]), dtype=np.float64)
     ref = np.asarray(sample["reference"], dtype=np.float64)
     return {"max_abs_rel_spread": rel_spread_error(ref, got), "spearman": spearman(ref.ravel(), got.ravel())}
@@ -263,9 +257,6 @@ def reference_pair_ids(family, reference, pairs, query_max_length: int, max_leng
 
 def reranker_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
     import numpy as np
-
-    from bge_export.parity import SCALE_FLOOR, gate, rel_spread_error, scaled_error, spearman, spread
-    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, rerank_pairs
 
     reference = cached_reference(family)  # built with the bundle's cutoff layers and compression
     model = load_for_parity(bundle_path, batch_size=16)
@@ -351,134 +342,3 @@ def decoder_reranker_recipe(forward, ref_list_feeds: tuple[str, ...] = ()) -> Be
         tokens=_decoder_pair_tokens,
         check="scores",
     )
-
-
-# --- tiny test checkpoints: the sentencepiece tokenizers (reference-semantics §9) -------------------------------
-# Each builder of a decoder family writes into ``folder`` and returns it; the folder must carry the real repo name
-# because FlagEmbedding dispatches on the basename. Everything is built offline and deterministically
-# (``torch.manual_seed``); ``initializer_range=0.2``: at the HF default of 0.02 the outputs barely depend on the
-# input and parity proves nothing (§9.2). The shape keywords default to tiny values; pass larger ones (and any
-# other config field as an extra keyword) to build a mid-sized model for benchmarks.
-
-DECODER_INIT_RANGE = 0.2
-SPM_VOCAB_SIZE = 1200
-
-_PROMPT_TEXTS = (
-    LLM_RERANK_PROMPT,
-    LIGHTWEIGHT_PROMPT,
-    "Predict whether passages A and B have the same meaning.",
-    "Yes", "No", "Yes.", "No.", "Yes\n", "No\n", "A: ", "B: ", "\n", "\n\n",
-    "A: what is a bridge?\nB: A bridge connects two banks of a river.\n" + LLM_RERANK_PROMPT,
-    "A: how old is tea?\nB: Tea has been drunk for thousands of years.\n" + LIGHTWEIGHT_PROMPT,
-    "<instruct>Given a web search query, retrieve relevant passages that answer the query.\n<query>what is a bridge"
-    "\n<response>A bridge connects two banks of a river.",
-    "<instruct>{}\n<query>{}\n<response>{}",
-    "<instruct>Retrieve the answer.\n<query>how old is tea?\n<response>",
-    "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: what is tea",
-    "Instruct: ", "Query: ", "<instruct>", "<query>", "<response>", "</s>", "\n<response>",
-    "<start_of_turn>user\nIs this passage relevant?<end_of_turn>\n<start_of_turn>model\nYes<end_of_turn>",
-    # non-Latin text so byte fallback and multi-byte pieces get exercised
-    "今天天气很好，我们一起去公园散步吧。", "北京是中国的首都。", "问题：茶起源于哪里？答案：中国。",
-    "Москва — столица России.", "Мосты соединяют берега рек.", "Какой сегодня день?",
-    "東京は日本の首都です。", "橋は川の両岸をつなぎます。", "今日はいい天気ですね。",
-    "서울은 한국의 수도입니다.", "다리는 강의 양쪽을 연결합니다.", "오늘 날씨가 좋네요.",
-)
-
-
-def decoder_tokenizer_corpus() -> list[str]:
-    """The deterministic training text of the tiny Gemma / Llama sentencepiece models (§9.3)."""
-    from bge_export.parity_run import parity_texts
-
-    texts = parity_texts()
-    lines: list[str] = []
-    for text in texts["corpus"] + texts["queries"] + texts["edge_cases"]:
-        # sentencepiece skips sentences longer than max_sentence_length bytes; long essays are fed line by line
-        parts = [text] if len(text.encode("utf-8")) < 2000 else text.split("\n")
-        lines.extend(p for p in parts if p.strip())
-    # repeat the prompt text so its words become whole pieces ("Yes" in particular: yes_loc is its first piece)
-    lines.extend(list(_PROMPT_TEXTS) * 8)
-    return lines
-
-
-def _train_spm(folder: Path, **trainer_options) -> Path:
-    """Train the BPE model in memory (so no temp path ends up in its trainer_spec) and save it as tokenizer.model."""
-    import io
-
-    import sentencepiece as spm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(decoder_tokenizer_corpus()), model_writer=model, model_type="bpe",
-        vocab_size=SPM_VOCAB_SIZE, byte_fallback=True, character_coverage=1.0, hard_vocab_limit=False,
-        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        split_digits=True, max_sentence_length=8192, num_threads=1, minloglevel=2, **trainer_options,
-    )
-    target = folder / "tokenizer.model"
-    target.write_bytes(model.getvalue())
-    return target
-
-
-def _check_tokenizer(folder: Path, expected: dict) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    got = {key: getattr(tok, key) for key in expected}
-    if got != expected:
-        raise InternalError(f"tiny tokenizer in {folder} has {got}, expected {expected}")
-
-
-def gemma_tokenizer(folder: Path) -> Path:
-    """Gemma-id BPE (pad 0, eos 1, bos 2, unk 3), no dummy prefix, whitespace kept, wrapped by GemmaTokenizerFast.
-    Adds <bos> only; pads on the left (the GemmaTokenizerFast default)."""
-    from transformers import GemmaTokenizerFast
-
-    model = _train_spm(
-        folder, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        # the real Gemma piece names: with sentencepiece's defaults (<s>, </s>) the wrapper would append <bos>/<eos>
-        # as two NEW ids (1200, 1201) instead of using ids 2 and 1
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        add_dummy_prefix=False, split_by_whitespace=False,
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
-    )
-    GemmaTokenizerFast(vocab_file=str(model)).save_pretrained(str(folder))
-    _check_tokenizer(folder, {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2, "unk_token_id": 3,
-                              "padding_side": "left"})
-    return folder
-
-
-def llama_tokenizer(folder: Path, *, add_eos_token: bool = False) -> Path:
-    """Llama-id BPE (unk 0, bos 1, eos 2, no pad id) wrapped by LlamaTokenizerFast(legacy=False), pad_token '<unk>'.
-    Adds <s> (and </s> with add_eos_token=True); pads on the left (the LlamaTokenizerFast default)."""
-    from transformers import LlamaTokenizerFast
-
-    model = _train_spm(folder, unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
-    # add_prefix_space=True must be explicit: without it 4.57's converter builds Metaspace(prepend_scheme="never")
-    # and "Yes" loses the dummy-prefix "▁" that sentencepiece (and the real Llama/Mistral tokenizers) add
-    LlamaTokenizerFast(vocab_file=str(model), legacy=False, add_prefix_space=True, pad_token="<unk>",
-                       add_bos_token=True, add_eos_token=add_eos_token).save_pretrained(str(folder))
-    _check_tokenizer(folder, {"unk_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-                              "padding_side": "left", "add_eos_token": add_eos_token})
-    return folder
-
-
-def tokenizer_vocab_size(folder: Path) -> int:
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(str(folder)))
-
-
-def add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict) -> None:
-    """Copy FlagEmbedding's module files next to the weights and add the auto_map, as in the real repos (§9.4)."""
-    from FlagEmbedding.inference.reranker.decoder_only import models
-
-    src = Path(models.__file__).parent
-    for name in module_files:
-        shutil.copyfile(src / name, folder / name)
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["auto_map"] = auto_map
-    cfg["use_cache"] = True  # the real configs say true (it is what breaks the layer-wise reranker on 4.57)
-    for key in ("_attn_implementation", "_attn_implementation_internal", "attn_implementation"):
-        cfg.pop(key, None)  # never pin flash-attn (or anything else) in the saved config
-    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

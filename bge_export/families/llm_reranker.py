@@ -1,13 +1,11 @@
 """LLM reranker (bge-reranker-v2-gemma): the 'Yes' logit of a causal LM, FlagEmbedding's FlagLLMReranker."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from bge_export.errors import CheckpointError
-from bge_export.families.base import TensorSpec, TestCase, register_family
-from bge_export.families.decoders import (DECODER_INIT_RANGE, DecoderRerankerFamily, tokenizer_vocab_size, decoder_reranker_recipe,
-                                          gemma_tokenizer)
+from bge_export.families.base import TensorSpec, register_family
+from bge_export.families.decoders import DecoderRerankerFamily, decoder_reranker_recipe
 
 def _llm_rerank_forward(ref, enc):
     from FlagEmbedding.inference.reranker.decoder_only.base import last_logit_pool
@@ -23,8 +21,6 @@ class LLMRerankerFamily(DecoderRerankerFamily):
     description = "LLM reranker scoring the 'Yes' logit of a causal LM: bge-reranker-v2-gemma"
     checkpoints = ("BAAI/bge-reranker-v2-gemma",)
     bench_recipe = decoder_reranker_recipe(_llm_rerank_forward)
-    test_cases = (TestCase("tiny-llm-reranker", lambda d: tiny_gemma_reranker(d), "bge-reranker-v2-gemma",
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "onnx-int8")),)
     model_types = ("gemma", "gemma2", "llama", "mistral")
 
     @classmethod
@@ -52,25 +48,3 @@ class LLMRerankerFamily(DecoderRerankerFamily):
         stack = self.build(self.layers_in_graph(), state)
         return YesScorer(stack, head[self.variant["yes_token_id"]],
                          self.ckpt.config.get("final_logit_softcapping")).eval()
-
-
-# --- tiny test checkpoint ------------------------------------------------------------------------------------
-
-def tiny_gemma_reranker(folder: Path, *, seed: int = 21, hidden_size: int = 64, num_hidden_layers: int = 2,
-                        intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 1,
-                        head_dim: int | None = None, vocab_size: int | None = None, **config_overrides) -> Path:
-    """bge-reranker-v2-gemma layout: GemmaForCausalLM (Gemma v1, tied embeddings) + Gemma tokenizer (§6)."""
-    import torch
-    from transformers import GemmaConfig, GemmaForCausalLM
-
-    gemma_tokenizer(folder)
-    head_dim = head_dim or hidden_size // num_attention_heads
-    cfg = GemmaConfig(vocab_size=vocab_size or tokenizer_vocab_size(folder), hidden_size=hidden_size,
-                      intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
-                      num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-                      head_dim=head_dim, tie_word_embeddings=True, hidden_activation="gelu_pytorch_tanh",
-                      pad_token_id=0, eos_token_id=1, bos_token_id=2,
-                      **{"initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    GemmaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    return folder

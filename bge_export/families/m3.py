@@ -6,14 +6,16 @@ the host (runtimes/m3.py), exactly as FlagEmbedding computes them.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from bge_export.checkpoint import load_tokenizer
 from bge_export.errors import CheckpointError, UnsupportedFamilyError
-from bge_export.families.base import Family, TensorSpec, TestCase, register_family
+from bge_export.families.base import Family, TensorSpec, register_family
 from bge_export.bench.recipe import BenchRecipe
-from bge_export.families.encoder import (M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint, hf_tensors,
-                                         tiny_xlmr)
+from bge_export.families.encoder import M3_HEAD_FILES, EncoderFamily, check_backbone_checkpoint, hf_tensors
+from bge_export.parity import (FP32_REL, SCALE_FLOOR, cosine_rows, dense_sample_values, gate, rel_spread_error, scaled,
+                               spearman, spread)
+from bge_export.parity_run import cached_reference, load_for_parity, quiet_stderr, rerank_pairs, text_token_mismatches
 
 ALL_HEADS = {"return_dense": True, "return_sparse": True, "return_colbert_vecs": True}
 
@@ -36,8 +38,6 @@ class M3Family(Family):
         check="vectors",
         check_value=lambda out: out["dense_vecs"],  # the sanity check compares the dense vectors
     )
-    test_cases = (TestCase("tiny-m3", lambda d: tiny_m3(d), "bge-m3",
-                 targets=("ov-cpu-int8", "ov-cpu-bf16", "ort-cuda-fp16", "onnx-fp16", "onnx-int8")),)
     summary_columns = (("dense", "cosine_min"), ("dense", "cosine_mean"), ("sparse", "key_mismatch"),
                        ("sparse", "max_abs"), ("sparse", "max_abs_rel_max"), ("sparse", "top10_key_overlap"),
                        ("colbert", "max_abs_rel_norm"), ("colbert", "cosine_mean"), ("scores", "max_abs"),
@@ -69,7 +69,7 @@ class M3Family(Family):
     flops = EncoderFamily.flops
 
     def model_info(self) -> dict:
-        from bge_export.export.wrappers import load_head, user_weights
+        from bge_export.export.wrappers import load_head, user_weights  # imports torch (reads the head files)
 
         with user_weights(self.ckpt.path, "the M3 head files"):
             colbert_dim = int(load_head(self.ckpt.path, "colbert")["weight"].shape[0])
@@ -88,8 +88,6 @@ class M3Family(Family):
 
     def runtime_defaults(self) -> dict:
         """FlagEmbedding's max_length default (512, not the model's 8192) and the ids its lexical dicts drop."""
-        from bge_export.checkpoint import load_tokenizer
-
         tok = load_tokenizer(self.ckpt)
         unused = sorted({tok.convert_tokens_to_ids(tok.special_tokens_map[t])
                          for t in ("cls_token", "eos_token", "pad_token", "unk_token") if t in tok.special_tokens_map})
@@ -112,15 +110,12 @@ class M3Family(Family):
 # --- parity recipe: BGEM3FlagModel against the bundle, three heads and five scores -----------------------
 
 def m3_golden_values(model, sample: dict) -> dict:
-    from bge_export.parity import dense_sample_values
-
     return dense_sample_values(sample["reference"], model.encode(sample["texts"])["dense_vecs"])
 
 
 def _sparse_stats(ref: list[dict], got: list[dict]) -> dict:
     import numpy as np
 
-    from bge_export.parity import FP32_REL, scaled
     largest = max((float(v) for r in ref for v in r.values()), default=0.0)
     key_mismatch, raw_mismatch, max_abs, overlaps = 0, 0, 0.0, []
     for r, g in zip(ref, got):
@@ -142,9 +137,6 @@ def m3_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
     """BGEM3FlagModel vs runtimes.load(bundle): encode (three heads), convert_id_to_token and compute_score."""
     import numpy as np
 
-    from bge_export.parity import SCALE_FLOOR, cosine_rows, gate, rel_spread_error, scaled, spearman, spread
-    from bge_export.parity_run import (cached_reference, load_for_parity, quiet_stderr, rerank_pairs,
-                                       text_token_mismatches)
     reference = cached_reference(family)
     model = load_for_parity(bundle_path, batch_size=16)
     edge, queries, corpus = texts["edge_cases"], texts["queries"], texts["corpus"]
@@ -209,23 +201,3 @@ def m3_parity(family, bundle_path, precision: str, texts: dict, *, log=print):
          "score_spread": f"max - min of the reference {worst} scores"})
     golden = {"texts": list(edge), "reference": ref["dense_vecs"][:len(edge)], "n_texts": len(everything) + len(pairs)}
     return checks, golden
-
-# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
-# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
-# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
-
-def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5,
-            max_positions=514, vocab_size=None, initializer_range=0.5) -> Path:
-    """bge-m3 layout: XLMRobertaModel + colbert_linear.pt + sparse_linear.pt (plain state_dicts).
-    The real bge-m3 shape is hidden 1024, 24 layers, 16 heads, intermediate 4096, vocab 250002, 8194 positions."""
-    import torch
-
-    tiny_xlmr(folder, hidden=hidden, layers=layers, heads=heads, intermediate=intermediate, seed=seed,
-              max_positions=max_positions, vocab_size=vocab_size, initializer_range=initializer_range)
-    torch.manual_seed(seed + 100)
-    colbert = torch.nn.Linear(hidden, colbert_dim or hidden)
-    sparse = torch.nn.Linear(hidden, 1)
-    torch.nn.init.normal_(sparse.weight, std=0.5)  # about half the tokens get a positive weight
-    torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
-    torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
-    return folder

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import functools
 import importlib
+import pkgutil
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from runtimes.errors import IncompatibleBundleError, InputError
-
-
 
 # shape buckets (backends that pad ragged calls to a few shapes)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -34,15 +34,12 @@ def sequence_bucket(length: int, limit: int | None) -> int:
 @functools.lru_cache(maxsize=None)
 def backend_classes() -> dict[str, type["Backend"]]:
     """engine kind (manifest "engine.kind") -> backend class: every module of runtimes/backends/ that defines a
-    Backend subclass with a ``kind`` (a backend is one module; its engine library is imported only when it runs)."""
-    import pkgutil
-
-    import runtimes.backends as package
-
+    Backend subclass with a ``kind`` (a backend is one module; its engine library is imported only when it runs).
+    The package is scanned by its folder, this module's own: runtimes.backends imports this module."""
     found: dict[str, type[Backend]] = {}
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         try:
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
+            module = importlib.import_module(f"{__package__}.{info.name}")
         except ImportError as exc:  # one broken backend module must not stop the others
             BROKEN[info.name] = str(exc)
             continue
@@ -66,6 +63,12 @@ def get_backend_class(kind: str) -> type["Backend"]:
     return classes[kind]
 
 
+class ParityDevice(NamedTuple):
+    """Where parity runs a bundle's engine on this machine."""
+    backend_options: dict  # for runtimes.load
+    name: str  # for the report
+
+
 class Backend(ABC):
     """Runs one engine file. ``infer`` validates the feeds, then calls ``_infer_impl``.
 
@@ -78,12 +81,60 @@ class Backend(ABC):
 
     exclusive = False
     kind: str = ""  # the manifest's engine.kind this backend runs (set by each backend module's class)
+    engine_format = "an ONNX graph"  # what its engine file is, for messages
     threads_option: str | None = None  # the backend option that sets the engine's CPU threads, if it has one
     # padded tokens per engine batch that a server batches up to by default: on a CPU every padded token costs about
     # as much in any batch, and batches beyond ~2k tokens run slower per token (cache), so CPU engines batch small
     # (benchmarks/results/server-minilm-avx2: 2048 served 1.34x / 1.23x the requests of 16384 at 32 / 64 clients of
     # mixed traffic); GPU engines say more
     batch_tokens: int = 2048
+
+    # --- what differs between engine kinds, answered from a manifest's ``engine`` entry: class methods, which
+    # import no engine library, so the loader, parity, `bge-export inspect` and the benchmark ask them before (or
+    # instead of) running an engine, and none of them compares engine kinds itself ---------------------------------
+    @classmethod
+    def on_gpu(cls, engine: dict) -> bool:
+        """Whether a bundle of this engine runs on a GPU (the loader's device checks, the server's batch size)."""
+        return False
+
+    @classmethod
+    def where(cls, engine: dict) -> str:
+        """Where it runs, for messages: "CPU", "an NVIDIA GPU"."""
+        return "a GPU" if cls.on_gpu(engine) else "CPU"
+
+    @classmethod
+    def parity_device(cls, engine: dict) -> ParityDevice:
+        """Where `bge-export` checks the engine on this machine, and the report's name for it."""
+        return ParityDevice({}, cls.kind)
+
+    @classmethod
+    def unrunnable(cls, engine: dict, precision: str) -> str | None:
+        """Why parity cannot check a bundle of this engine at ``precision`` on this machine, or None."""
+        return None
+
+    @classmethod
+    def onnx_graph(cls, engine: dict) -> str | None:
+        """The bundle's ONNX graph file (what `bge-export lint` reads), None where the bundle holds none."""
+        return engine.get("onnx", engine["file"])
+
+    @classmethod
+    def describe(cls, engine: dict, build: dict) -> list[str]:
+        """The lines `bge-export inspect` prints about this engine beyond its kind, target and files."""
+        return []
+
+    @classmethod
+    def peak_kind(cls, manifest: dict) -> str:
+        """The benchmark's peak (bge_export.bench.peaks.PEAKS) a bundle's GFLOP/s are divided by: the precision its
+        matmuls run in. int8 by its weight type (older bundles: signed), else fp32."""
+        if manifest["precision"] != "int8":
+            return "fp32"
+        quant = (manifest.get("build") or {}).get("quantization") or {}
+        return "int8-" + quant.get("weight_type", "QInt8")
+
+    @classmethod
+    def benchmark_options(cls, engine: dict) -> dict:
+        """Backend options for timing several engines in turns in one process (`bge-export bench`)."""
+        return {}
 
     def __init__(self, engine_file: Path, engine: dict, inputs: list[dict], outputs: list[dict],
                  padding=None, max_length: int | None = None):

@@ -1,5 +1,6 @@
-"""OpenVINO backend (CPU): compiles the bundle's IR (model.xml + model.bin) with the precision, thread count and
-compiled-model cache its manifest records, and runs it with one infer request per calling thread.
+"""OpenVINO backend: compiles the bundle's IR (model.xml + model.bin) for the device its manifest records ("CPU"
+unless it says otherwise) with the precision, thread count and compiled-model cache recorded there, and runs it with
+one infer request per calling thread.
 
 The inference precision is always set explicitly: on a CPU with bf16 instructions OpenVINO's own default is bf16,
 so an fp32 bundle left at the default would silently run in bf16. The reverse holds too: on a CPU without bf16
@@ -10,6 +11,7 @@ stream of ragged requests reuses a few shapes; ``False`` (default) runs every sh
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from runtimes._optional import require
-from runtimes.backends.base import Backend
+from runtimes.backends.base import Backend, ParityDevice
+from runtimes.cpu import cpu_name
 from runtimes.errors import IncompatibleBundleError, InputError
 
 # manifest "inference_precision" -> OpenVINO's INFERENCE_PRECISION_HINT value
@@ -30,8 +33,24 @@ def default_cache_dir() -> Path:
     return Path(base) / "bge-export" / "openvino"
 
 
-def device_supports_bf16(core) -> bool:
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+def device_supports_bf16(core, device: str = "CPU") -> bool:
+    return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+
+
+def engine_device(engine: dict) -> str:
+    """The OpenVINO device a bundle's engine compiles for (bundles before the field ran on the CPU)."""
+    return engine.get("device", "CPU")
+
+
+@functools.lru_cache(maxsize=None)
+def core():
+    """One OpenVINO Core per process, for the questions about this machine (its devices, their capabilities)."""
+    return require("openvino").Core()
+
+
+def openvino_bf16(device: str = "CPU") -> bool:
+    """Whether OpenVINO runs bf16 on ``device`` here (it lists BF16 among the device's optimization capabilities)."""
+    return device_supports_bf16(core(), device)
 
 
 def compile_config(engine: dict, num_threads: int | None = None) -> dict:
@@ -51,7 +70,58 @@ class OpenVinoBackend(Backend):
     (None: no cache); ``buckets`` pads to shape buckets (see the module doc)."""
 
     kind = "openvino"
+    engine_format = "an OpenVINO IR"
     threads_option = "num_threads"  # the backend option that sets its engine threads (a server sets it)
+
+    @classmethod
+    def on_gpu(cls, engine: dict) -> bool:
+        return engine_device(engine).startswith("GPU")  # "GPU", or one of several: "GPU.1"
+
+    @classmethod
+    def where(cls, engine: dict) -> str:
+        device = engine_device(engine)
+        return "CPU" if device == "CPU" else f"the OpenVINO {device} device"
+
+    @classmethod
+    def parity_device(cls, engine: dict) -> ParityDevice:
+        return ParityDevice({}, f"OpenVINO {engine_device(engine)}, {engine.get('inference_precision', 'fp32')} "
+                                "inference precision")
+
+    @classmethod
+    def unrunnable(cls, engine: dict, precision: str) -> str | None:
+        """A bf16 bundle on a device without bf16 would silently run in fp32; on a device this machine lacks, not
+        at all."""
+        device = engine_device(engine)
+        if device != "CPU" and device not in core().available_devices:
+            return (f"OpenVINO has no {device} device here (it has {', '.join(core().available_devices)}); run "
+                    "`bge-export parity BUNDLE` on the machine it is deployed to")
+        if engine.get("inference_precision") == "bf16" and not openvino_bf16(device):
+            what = f"this CPU ({cpu_name()})" if device == "CPU" else f"the OpenVINO {device} device"
+            return (f"{what} has no bf16 instructions (AVX512-BF16 or AMX), and OpenVINO would run the bundle in fp32 "
+                    "here; run `bge-export parity BUNDLE` on the CPU it is deployed to")
+        return None
+
+    @classmethod
+    def onnx_graph(cls, engine: dict) -> str | None:
+        return engine.get("onnx")  # the IR replaces the ONNX export in the bundle
+
+    @classmethod
+    def describe(cls, engine: dict, build: dict) -> list[str]:
+        e, device = engine, engine_device(engine)
+        on = "" if device == "CPU" else f"device {device}, "
+        return [f"openvino   {build.get('openvino', '?')}: {on}inference precision {e['inference_precision']}, "
+                f"threads {e['num_threads'] or 'all'}, hint {e['performance_hint']}, compiled-model cache "
+                f"{'on' if e.get('cache') else 'off'}, buckets {'on' if e.get('buckets') else 'off'}"
+                + (f", dynamic quantization group {e['dynamic_quantization_group_size']}"
+                   if "dynamic_quantization_group_size" in e else "")]
+
+    @classmethod
+    def peak_kind(cls, manifest: dict) -> str:
+        """bf16, static int8 (int8 activations too), or fp32 (also weight-only int8, whose compute is float)."""
+        quant = (manifest.get("build") or {}).get("quantization") or {}
+        if manifest["engine"].get("inference_precision") == "bf16":
+            return "bf16"
+        return "int8-ov" if quant.get("method") == "nncf.quantize" else "fp32"
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  num_threads: int | None = None, cache_dir: str | Path | None = "default", buckets: bool | None = None,
@@ -67,16 +137,22 @@ class OpenVinoBackend(Backend):
         super().__init__(engine_file, engine, inputs, outputs, padding=padding, max_length=max_length)
         ov = require("openvino")
         self.core = ov.Core()
+        self.device = engine_device(engine)
+        if self.on_gpu(engine):
+            self.batch_tokens = 16384  # as the CUDA engines: a GPU gains from large batches
         precision = engine.get("inference_precision", "fp32")
         if precision not in HINTS:
             raise IncompatibleBundleError(f"this bundle asks OpenVINO for inference precision {precision!r}, which "
                                           f"this runtime does not know ({', '.join(HINTS)}); upgrade bge-export")
-        if precision == "bf16" and not device_supports_bf16(self.core):
-            from runtimes.cpu import cpu_name
-
+        if self.device != "CPU" and self.device not in self.core.available_devices:
             raise IncompatibleBundleError(
-                f"this bundle runs in bf16, but this CPU ({cpu_name()}) has no bf16 instructions (OpenVINO lists "
-                f"{self.core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}; bf16 needs AVX512-BF16 or AMX); "
+                f"this bundle runs on the OpenVINO {self.device} device, which this machine lacks (OpenVINO has "
+                f"{', '.join(self.core.available_devices)}); serve it where that device is, or build --target ov-cpu")
+        if precision == "bf16" and not device_supports_bf16(self.core, self.device):
+            what = f"this CPU ({cpu_name()})" if self.device == "CPU" else f"the OpenVINO {self.device} device"
+            raise IncompatibleBundleError(
+                f"this bundle runs in bf16, but {what} has no bf16 instructions (OpenVINO lists "
+                f"{self.core.get_property(self.device, 'OPTIMIZATION_CAPABILITIES')}; bf16 needs AVX512-BF16 or AMX); "
                 "OpenVINO would silently run it in fp32. Build --target ov-cpu (fp32) or ov-cpu-int8 for this machine")
         self.buckets = bool(engine.get("buckets", False) if buckets is None else buckets)
         config = compile_config(engine, num_threads)
@@ -90,7 +166,7 @@ class OpenVinoBackend(Backend):
                 pass
         self.cache_dir = config.get("CACHE_DIR")
         try:
-            self.compiled = self.core.compile_model(str(self.engine_file), "CPU", config)
+            self.compiled = self.core.compile_model(str(self.engine_file), self.device, config)
         except RuntimeError as exc:
             raise IncompatibleBundleError(f"OpenVINO could not compile {self.engine_file}: {str(exc).strip()[:500]}; "
                                           "rebuild the bundle with this bge-export") from None

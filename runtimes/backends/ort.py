@@ -9,14 +9,37 @@ are copies of the first row and are dropped.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from runtimes._optional import GPU_INSTALL, require
-from runtimes.backends.base import BATCH_BUCKETS, Backend
+from runtimes.backends.base import BATCH_BUCKETS, Backend, ParityDevice
 from runtimes.errors import IncompatibleBundleError, InputError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+# A one-node ONNX model (Identity on a float[1], opset 18, IR 9), serialized: what cuda_usable starts a session on,
+# without the onnx package (tests/test_gpu_logic.py rebuilds it with onnx.helper and compares)
+PROBE_MODEL = (b'\x08\t:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08'
+               b'\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x12')
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime can run on a GPU here. Listing the CUDA provider is not enough (it is compiled into
+    onnxruntime-gpu whether or not a GPU and the CUDA libraries are present): start a one-node session on it."""
+    ort = require("onnxruntime")
+    if CUDA not in ort.get_available_providers():
+        return False
+    try:
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        sess = ort.InferenceSession(PROBE_MODEL, providers=[CUDA, CPU])
+        return sess.get_providers()[0] == CUDA
+    except Exception:  # noqa: BLE001 - any failure to start CUDA means: not usable here
+        return False
 
 
 def session_options(ort, *, intra_op_num_threads: int = 0, allow_spinning: bool = True):
@@ -37,6 +60,37 @@ class OrtBackend(Backend):
 
     kind = "onnxruntime"
     threads_option = "intra_op_num_threads"  # the backend option that sets its engine threads (a server sets it)
+
+    @classmethod
+    def on_gpu(cls, engine: dict) -> bool:
+        return CUDA in engine.get("providers", [])
+
+    @classmethod
+    def where(cls, engine: dict) -> str:
+        return "an NVIDIA GPU" if cls.on_gpu(engine) else "CPU"
+
+    @classmethod
+    def parity_device(cls, engine: dict) -> ParityDevice:
+        """A CUDA bundle on a machine without CUDA runs its graph on ONNX Runtime CPU: that checks the graph and its
+        precision (fp16 weights, fp32 islands, QDQ), not the CUDA kernels, and the report says so."""
+        providers = engine.get("providers", [])
+        if CUDA not in providers:
+            return ParityDevice({}, (providers or [cls.kind])[0])
+        if cuda_usable():
+            return ParityDevice({}, CUDA)
+        return ParityDevice({"providers": [CPU]}, f"{CPU} (no CUDA here: checks the graph, not the CUDA kernels)")
+
+    @classmethod
+    def unrunnable(cls, engine: dict, precision: str) -> str | None:
+        on_cpu = CUDA not in engine.get("providers", []) or not cuda_usable()
+        if precision == "bf16" and on_cpu:
+            return "bf16 graphs do not run on ONNX Runtime CPU (no bf16 kernels); check them on the CUDA machine"
+        return None
+
+    @classmethod
+    def benchmark_options(cls, engine: dict) -> dict:
+        """On a CPU, idle worker threads block at once instead of spinning on the cores the next engine runs on."""
+        return {"allow_spinning": False} if engine.get("providers", [CPU])[:1] == [CPU] else {}
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  intra_op_num_threads: int = 0, allow_spinning: bool = True, providers: list[str] | None = None,

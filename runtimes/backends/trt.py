@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtimes._optional import available, require
-from runtimes.backends.base import Backend
+from runtimes.backends.base import Backend, ParityDevice
 from runtimes.errors import IncompatibleBundleError, InputError, MissingDependencyError
 
 
@@ -41,7 +41,28 @@ def pick_profile(profiles: list[dict], length: int) -> int:
 class TrtBackend(Backend):
     batch_tokens = 16384  # text-embeddings-inference's default: a GPU gains from large batches
     kind = "tensorrt"
+    engine_format = "a TensorRT plan"
     exclusive = True  # one stream, one shared activation buffer
+
+    @classmethod
+    def on_gpu(cls, engine: dict) -> bool:
+        return True
+
+    @classmethod
+    def where(cls, engine: dict) -> str:
+        return "an NVIDIA GPU"
+
+    @classmethod
+    def parity_device(cls, engine: dict) -> ParityDevice:
+        return ParityDevice({}, cls.kind)  # the plan runs on the GPU it was built on (the build checked for one)
+
+    @classmethod
+    def describe(cls, engine: dict, build: dict) -> list[str]:
+        e = engine
+        profiles = ", ".join(f"{p['sequence'][0]}-{p['sequence'][1]} tokens x <= {p['max_batch']}"
+                             for p in e["profiles"])
+        return [f"tensorrt   {e['tensorrt_version']} for {e['gpu']} (sm {e['compute_capability']}); "
+                f"profiles {profiles}"]
 
     def __init__(self, engine_file, engine, inputs, outputs, *, padding=None, max_length: int | None = None,
                  device_id: int = 0, **options):

@@ -8,7 +8,10 @@ import argparse
 import json
 import sys
 
+from runtimes._optional import require
+from runtimes.corpus.run import EmbedSettings, embed_corpus
 from runtimes.errors import BgeError, InputError
+from runtimes.server import parse_options
 
 DESCRIPTION = """\
 Embed a corpus with a bundle into Parquet shards (id, vector; bge-m3 also sparse and, with --colbert, ColBERT),
@@ -61,14 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from runtimes._optional import require
-        from runtimes.server import parse_options
-
         require("pyarrow")
         if args.workers is not None and args.workers < 1:
             raise InputError(f"--workers must be a positive int, got {args.workers}")
-        from runtimes.corpus.run import EmbedSettings, embed_corpus
-
         settings = EmbedSettings(bundle=args.bundle, input=args.input, output=args.output,
                                  text_column=args.text_column, id_column=args.id_column, method=args.method,
                                  colbert=args.colbert, options=parse_options(args.option, "--option"),

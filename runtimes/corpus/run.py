@@ -7,6 +7,7 @@ shards the manifest does not list, so every input row ends up in the output exac
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import sys
@@ -17,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes import errors as runtime_errors
+from runtimes.backends import get_backend_class
 from runtimes.corpus.output import read_manifest, remove_partials, shard_table, write_atomic_table, write_manifest
 from runtimes.corpus.sources import Shard, input_files, input_fingerprint, plan_shards, read_shard
 from runtimes.errors import BgeError, InputError
+from runtimes.loader import load_bundle, open_checked
 from runtimes.manifest import file_digest
 from runtimes.ray_cluster import connect
+from runtimes.registry import RUNTIME_APIS, runtime_class
 
 FORMAT = "bge-export-embeddings/1"
 METHODS = ("encode", "encode_corpus", "encode_queries")
@@ -49,16 +54,13 @@ class ShardEmbedder:
     (``__call__`` takes a batch of shard descriptors) with its engine threads set to the actor's CPUs."""
 
     def __init__(self, settings: dict, threads: int | None = None):
-        import runtimes
-        from runtimes.backends import get_backend_class
-
         self.s = EmbedSettings(**settings)
-        bundle = runtimes.open_checked(self.s.bundle)
+        bundle = open_checked(self.s.bundle)
         backend_options = {}
         option = get_backend_class(bundle.manifest.engine["kind"]).threads_option
         if threads and option:
             backend_options[option] = int(threads)
-        self.model = runtimes.load_bundle(bundle, backend_options=backend_options, **self.s.options)
+        self.model = load_bundle(bundle, backend_options=backend_options, **self.s.options)
         self.heads = heads_of(bundle.manifest.runtime.get("api"), self.s.colbert)
 
     def embed(self, shard: Shard, has_ids: bool) -> dict:
@@ -89,11 +91,7 @@ class ShardEmbedder:
 def heads_of(api: str, colbert: bool) -> dict:
     """What a bundle's encode() gives besides dense vectors, read from its runtime class's encode planner:
     BGEM3FlagModel's sparse weights (always written) and ColBERT vectors (with --colbert)."""
-    import inspect
-
-    import runtimes
-
-    planner = getattr(runtimes.runtime_class(api), "encode_job", None) if api in runtimes.RUNTIME_APIS else None
+    planner = getattr(runtime_class(api), "encode_job", None) if api in RUNTIME_APIS else None
     if planner is None:
         raise InputError(f"{api} bundles score pairs, they do not embed texts; give an embedding bundle (FlagModel, "
                          "BGEM3FlagModel, FlagLLMModel, FlagICLModel)")
@@ -129,13 +127,11 @@ class Progress:
 
 def embed_corpus(settings: EmbedSettings, log=lambda m: print(m, file=sys.stderr)) -> dict:
     """Plan, resume, embed the pending shards (in-process or on Ray), and return the finished manifest."""
-    import runtimes
-
     if settings.method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {settings.method!r}")
     if settings.batch_tokens < 0:
         raise InputError(f"--batch-tokens must be >= 0 (0: encode's own batching), got {settings.batch_tokens}")
-    bundle = runtimes.open_checked(settings.bundle)
+    bundle = open_checked(settings.bundle)
     files = input_files(settings.input)
     shards, has_ids = plan_shards(files, settings.shard_rows, settings.text_column, settings.id_column)
     out = Path(settings.output)
@@ -244,11 +240,9 @@ _REMOTE_ERROR = re.compile(r"runtimes\.errors\.(\w+): (.+)")
 
 def remote_user_error(exc: BaseException) -> BgeError | None:
     """The user's mistake (a runtimes.errors type and its one-line message) inside a Ray task's traceback, if any."""
-    import runtimes.errors
-
     found = _REMOTE_ERROR.findall("".join(traceback.format_exception(exc)))
     if not found:
         return None
     name, message = found[-1]
-    cls = getattr(runtimes.errors, name, None)
+    cls = getattr(runtime_errors, name, None)
     return (cls if isinstance(cls, type) and issubclass(cls, BgeError) else InputError)(message.strip())

@@ -17,8 +17,11 @@ import signal
 import socket
 import sys
 
+from runtimes._optional import require
 from runtimes.batcher import Padding
 from runtimes.errors import BgeError, InputError
+from runtimes.server.ray_serve import deploy, parse_autoscale
+from runtimes.server.state import ServerSettings, ServerState
 
 PADDING = Padding()
 
@@ -109,8 +112,6 @@ def parse_bundle_options(pairs: list[str]) -> dict[str, dict]:
 
 
 def settings_from(args):
-    from runtimes.server.state import ServerSettings
-
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key, max_batch_tokens=args.max_batch_tokens,
         min_padding_efficiency=args.min_padding_efficiency,
@@ -150,14 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.ray is not None:
         return serve_on_ray(args, say)
     try:
-        from runtimes._optional import require
-
         uvicorn = require("uvicorn")
         require("fastapi")
         settings = settings_from(args)
         sock = listen(settings.host, settings.port)
-        from runtimes.server.app import create_app
-        from runtimes.server.state import ServerState
+        from runtimes.server.app import create_app  # FastAPI, imported only to serve
 
         try:
             state = ServerState.load(args.bundles, settings, args.name, progress=say)
@@ -193,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve_on_ray(args, say) -> int:
     try:
-        from runtimes._optional import require
-        from runtimes.server.ray_serve import deploy, parse_autoscale
-
         require("fastapi")
         settings = settings_from(args)
         deploy(args.bundles, settings, args.name or [], args.ray, args.replicas, parse_autoscale(args.autoscale), say)

@@ -15,6 +15,7 @@ from pathlib import Path
 from runtimes._optional import require
 from runtimes.errors import InputError
 from runtimes.ray_cluster import connect
+from runtimes.server.state import ServerSettings, ServerState
 
 APP_NAME = "bge-export"
 
@@ -23,12 +24,10 @@ class ReplicaServer:
     """One replica: the bundles loaded in the replica's process, served by the FastAPI app of runtimes.server.app."""
 
     def __init__(self, bundles: list[str], settings: dict, names: list[str]):
-        from runtimes.server.state import ServerSettings, ServerState
-
         self.state = ServerState.load(bundles, ServerSettings(**settings), names)
 
     def __serve_build_asgi_app__(self):  # Ray Serve calls it after __init__, in the replica
-        from runtimes.server.app import create_app
+        from runtimes.server.app import create_app  # FastAPI: in the replica only
 
         return create_app(self.state)
 

@@ -27,6 +27,12 @@ class _Embedding(_Body):
     input_type: str | None = None  # query | passage (also Cohere's search_query / search_document)
     examples: list[dict[str, str]] | None = None  # in-context examples (FlagICLModel's examples_for_task)
 
+    def call_options(self) -> dict:
+        """The keywords of runtimes.server.infer.Inference.embed these fields give."""
+        return {"normalize": self.normalize, "dimensions": self.dimensions, "examples": self.examples,
+                "prompt_name": self.prompt_name or self.input_type, "truncate": self.truncate,
+                "truncation_direction": self.truncation_direction}
+
 
 class EmbedRequest(_Embedding):
     """text-embeddings-inference's /embed, /embed_sparse, /embed_all."""

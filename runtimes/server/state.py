@@ -1,19 +1,18 @@
 """What a server holds: its settings, and per bundle the model, its engine worker and what its API can do."""
 from __future__ import annotations
 
-import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtimes.backends import get_backend_class
 from runtimes.batcher import Padding
 from runtimes.errors import InputError
+from runtimes.loader import load_bundle, open_checked
 from runtimes.server.engine import EngineWorker
 from runtimes.server.metrics import Metrics
-
-# FlagEmbedding's embedding heads, as encode()'s keywords name them (BGEM3FlagModel has three)
-HEADS = ("return_dense", "return_sparse", "return_colbert_vecs")
+from runtimes.service import Call
 
 
 def available_cores() -> int:
@@ -69,26 +68,21 @@ class ServerSettings:
 
 class ServedModel:
     """One bundle behind the server: its runtime model, its engine worker, and what its FlagEmbedding API offers
-    (read from the API's own methods and keywords, so no family is named here)."""
+    (as its runtime class declares it: ``calls``, ``per_call_options``; so no family is named here)."""
 
     def __init__(self, name: str, path: Path, model, worker: EngineWorker, threads: int):
         self.name, self.path, self.model, self.worker, self.threads = name, path, model, worker, threads
         m = model.manifest
         self.api, self.family, self.target = m.runtime["api"], m.family, m.target
-        self.calls = {method: inspect.signature(getattr(model, f"{method}_job"))
-                      for method in model.api_methods if hasattr(model, f"{method}_job")}
+        self.calls: dict[str, Call] = dict(model.calls)
         self.embeds = "encode" in self.calls
         self.reranks = "compute_score" in self.calls and not self.embeds
-        self.heads = [h for h in HEADS if self.embeds and h in self.calls["encode"].parameters]
-        self.per_call_options = sorted(n[4:] for n in dir(model) if n.startswith("set_") and callable(getattr(model, n)))
+        self.heads = list(self.calls["encode"].heads) if self.embeds else []
+        self.per_call_options = sorted(model.per_call_options)
 
     @property
     def kind(self) -> str:
         return "embedding" if self.embeds else "reranker"
-
-    def inputs_parameter(self, method: str) -> str:
-        """The name of the call's first argument (sentences, queries, corpus, sentence_pairs)."""
-        return next(iter(self.calls[method].parameters))
 
     def info(self) -> dict:
         m = self.model.manifest
@@ -118,9 +112,6 @@ class ServerState:
     def load(cls, bundles: list[str | Path], settings: ServerSettings, names: list[str] | None = None,
              progress=None) -> "ServerState":
         """Open every bundle (its engine with ``settings.engine_threads`` threads) and start its worker."""
-        import runtimes
-        from runtimes.backends import get_backend_class
-
         if not bundles:
             raise InputError("give at least one bundle folder to serve")
         names = list(names or [])
@@ -141,14 +132,14 @@ class ServerState:
             for name, path in zip(names, paths):
                 if progress:
                     progress(f"loading {path} as '{name}' ({threads} engine threads)")
-                bundle = runtimes.open_checked(path)
+                bundle = open_checked(path)
                 backend_cls = get_backend_class(bundle.manifest.engine["kind"])
                 backend_options = dict(settings.backend_options)
                 if backend_cls.threads_option and backend_cls.threads_option not in backend_options:
                     backend_options[backend_cls.threads_option] = threads
                 options = {**settings.options.get("", {}), **settings.options.get(name, {})}
                 try:
-                    model = runtimes.load_bundle(bundle, backend_options=backend_options, **options)
+                    model = load_bundle(bundle, backend_options=backend_options, **options)
                 except InputError as exc:
                     raise InputError(f"bundle '{name}' ({path}): {exc}") from None
                 model.batcher.rule = Padding(min_efficiency=float(settings.min_padding_efficiency))
