@@ -1,9 +1,6 @@
 """Fixtures: tiny checkpoints and their ONNX exports, built once per session; bundles per (case, target)."""
 from __future__ import annotations
 
-import inspect
-import json
-
 import pytest
 
 from bge_export.families import FAMILIES
@@ -96,52 +93,3 @@ def pytest_terminal_summary(terminalreporter):
                 cells.append("-" if c is None else f"{c['value']:.6g}" + ("" if c["bound"] is not None else "*"))
             tr.write_line(f"| {case} | {target} | " + " | ".join(cells) + f" | {'pass' if rep['passed'] else 'FAIL'} |")
     tr.write_line("(* reported, not gated)")
-
-
-# --- two workers (pytest-xdist, --dist loadgroup; pyproject's addopts) -------------------------------------------------
-# Each worker keeps its own session caches, so the tests that need one checkpoint's bundles run in one worker: a
-# test's group is one per module for the modules that start servers or Ray clusters, else its case (the ``case``
-# parameter, the one case its ``family`` parameter stands for, or the one case its code names), or the real MiniLM
-# for any test that names it (its FlagEmbedding reference is the suite's most expensive step). The rest is spread
-# over the workers.
-MODULE_GROUPS = {"test_server": "server", "test_server_ray": "ray", "test_server_ray_autoscale": "ray",
-                 "test_corpus": "ray"}
-
-
-def _group(item) -> str | None:
-    module = MODULE_GROUPS.get(item.module.__name__.rpartition(".")[2])
-    if module is not None:  # one server / one Ray cluster at a time
-        return module
-    params = getattr(getattr(item, "callspec", None), "params", {})
-    if isinstance(params.get("case"), str) and params["case"] in TEST_CASES:
-        return params["case"]
-    one_case = getattr(item.module, "ONE_CASE_PER_FAMILY", None)
-    if one_case and params.get("family") in one_case:
-        return one_case[params["family"]]
-    try:
-        source = inspect.getsource(item.function)
-    except (OSError, TypeError):
-        return None
-    named = [case for case in TEST_CASES if f'"{case}"' in source]
-    if "minilm-real" in named or len(named) == 1:
-        return "minilm-real" if "minilm-real" in named else named[0]
-    return None
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = _group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
-def pytest_sessionfinish(session):
-    """A worker hands its parity reports to the controller, which prints the summary tables."""
-    if hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["parity_results"] = json.dumps([[c, t, r] for (c, t), r in RESULTS.items()])
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    for case, target, report in json.loads(getattr(node, "workeroutput", {}).get("parity_results", "[]")):
-        RESULTS[(case, target)] = report

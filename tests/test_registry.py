@@ -97,7 +97,7 @@ def test_unit_tests_run_without_torch():
     """tests/ is the torch-free part of the suite (parity_tests/ builds checkpoints and bundles)."""
     code = ("import sys\nfor m in ('torch', 'transformers', 'FlagEmbedding', 'onnxscript', 'optimum'):\n"
             "    sys.modules[m] = None\nimport pytest\n"
-            "sys.exit(pytest.main(['-q', '-x', '-n', '0', '-p', 'no:cacheprovider', 'tests', '-k', 'not without_torch']))\n")
+            "sys.exit(pytest.main(['-q', '-x', '-p', 'no:cacheprovider', 'tests', '-k', 'not without_torch']))\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 
