@@ -41,7 +41,6 @@ class TestCase:
     targets: tuple[str, ...] = ()
 
 
-
 # --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
 # transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
 # on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
@@ -106,10 +105,6 @@ def tiny_xlmr(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, se
     return folder
 
 
-# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
-# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
-# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
-
 def tiny_xlmr_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, seed=3, vocab_size=None,
                        initializer_range=0.5, max_positions=514) -> Path:
     """bge-reranker-v2-m3 layout: XLMRobertaForSequenceClassification with one label."""
@@ -141,10 +136,6 @@ def tiny_bert_reranker(folder: Path, *, hidden=32, layers=2, heads=4, intermedia
         shutil.copyfile(src / name, folder / name)
     return folder
 
-
-# --- tiny test checkpoints: the real on-disk layout with random weights, built at test time (torch and
-# transformers imported inside; reference-semantics §9). A large initializer_range makes outputs depend strongly
-# on the input (at the default 0.02 every embedding has cosine 1.000 with every other and parity proves nothing).
 
 def tiny_m3(folder: Path, *, hidden=32, layers=2, heads=4, intermediate=64, colbert_dim=None, seed=5,
             max_positions=514, vocab_size=None, initializer_range=0.5) -> Path:
@@ -276,6 +267,22 @@ def tokenizer_vocab_size(folder: Path) -> int:
     return len(AutoTokenizer.from_pretrained(str(folder)))
 
 
+def save_remote_code_model(folder: Path, model_cls, cfg, seed: int, config_file: str, model_file: str) -> Path:
+    """Seeded random weights of one of FlagEmbedding's own decoder classes (``XForCausalLM``, its base ``XModel``),
+    saved with its two module files and the auto_map the real repos carry."""
+    import torch
+
+    torch.manual_seed(seed)
+    model_cls(cfg).eval().save_pretrained(str(folder))
+    config_module, model_module = Path(config_file).stem, Path(model_file).stem
+    add_remote_code(folder, (config_file, model_file), {
+        "AutoConfig": f"{config_module}.{type(cfg).__name__}",
+        "AutoModel": f"{model_module}.{model_cls.__name__.replace('ForCausalLM', 'Model')}",
+        "AutoModelForCausalLM": f"{model_module}.{model_cls.__name__}",
+    })
+    return folder
+
+
 def add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict) -> None:
     """Copy FlagEmbedding's module files next to the weights and add the auto_map, as in the real repos (§9.4)."""
     from FlagEmbedding.inference.reranker.decoder_only import models
@@ -291,8 +298,6 @@ def add_remote_code(folder: Path, module_files: tuple[str, ...], auto_map: dict)
         cfg.pop(key, None)  # never pin flash-attn (or anything else) in the saved config
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-
-# --- tiny test checkpoint ------------------------------------------------------------------------------------
 
 def tiny_gemma_reranker(folder: Path, *, seed: int = 21, hidden_size: int = 64, num_hidden_layers: int = 2,
                         intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 1,
@@ -314,8 +319,6 @@ def tiny_gemma_reranker(folder: Path, *, seed: int = 21, hidden_size: int = 64, 
     return folder
 
 
-# --- tiny test checkpoint ------------------------------------------------------------------------------------
-
 def tiny_minicpm_layerwise(folder: Path, *, seed: int = 22, hidden_size: int = 64, num_hidden_layers: int = 4,
                            intermediate_size: int = 128, num_attention_heads: int = 4,
                            num_key_value_heads: int | None = None, start_layer: int = 2,
@@ -323,7 +326,6 @@ def tiny_minicpm_layerwise(folder: Path, *, seed: int = 22, hidden_size: int = 6
     """bge-reranker-v2-minicpm-layerwise layout: FlagEmbedding's LayerWiseMiniCPMForCausalLM with one (1,H) head per
     layer start_layer..N (keys lm_head.{k}.linear_head.weight), the two MiniCPM module files, auto_map, and the
     Llama tokenizer with pad_token '<unk>' (§7)."""
-    import torch
     from FlagEmbedding.inference.reranker.decoder_only.models.configuration_minicpm_reranker import (
         LayerWiseMiniCPMConfig,
     )
@@ -342,17 +344,9 @@ def tiny_minicpm_layerwise(folder: Path, *, seed: int = 22, hidden_size: int = 6
     # the config constructor switches to flash_attention_2 whenever flash_attn imports (§0.6); build with sdpa
     if getattr(cfg, "_attn_implementation", None) == "flash_attention_2":
         cfg._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    LayerWiseMiniCPMForCausalLM(cfg).eval().save_pretrained(str(folder))
-    add_remote_code(folder, ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py"), {
-        "AutoConfig": "configuration_minicpm_reranker.LayerWiseMiniCPMConfig",
-        "AutoModel": "modeling_minicpm_reranker.LayerWiseMiniCPMModel",
-        "AutoModelForCausalLM": "modeling_minicpm_reranker.LayerWiseMiniCPMForCausalLM",
-    })
-    return folder
+    return save_remote_code_model(folder, LayerWiseMiniCPMForCausalLM, cfg, seed,
+                                  "configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py")
 
-
-# --- tiny test checkpoint ------------------------------------------------------------------------------------
 
 def tiny_gemma2_lightweight(folder: Path, *, seed: int = 23, hidden_size: int = 64, num_hidden_layers: int = 4,
                             intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,
@@ -361,7 +355,6 @@ def tiny_gemma2_lightweight(folder: Path, *, seed: int = 23, hidden_size: int = 
     """bge-reranker-v2.5-gemma2-lightweight layout: FlagEmbedding's CostWiseGemmaForCausalLM (Gemma2 blocks + one
     CostWiseHead(H,1) per layer in range(start_layer, N+1, layer_sep)), the two module files, auto_map, and the
     Gemma tokenizer (§8)."""
-    import torch
     from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
     from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
 
@@ -374,17 +367,8 @@ def tiny_gemma2_lightweight(folder: Path, *, seed: int = 23, hidden_size: int = 
         **{"query_pre_attn_scalar": head_dim, "sliding_window": 4096, "attn_logit_softcapping": 50.0,
            "final_logit_softcapping": 30.0, "layer_wise": True, "pad_token_id": 0, "eos_token_id": 1,
            "bos_token_id": 2, "use_cache": True, "initializer_range": DECODER_INIT_RANGE, **config_overrides})
-    torch.manual_seed(seed)
-    CostWiseGemmaForCausalLM(cfg).eval().save_pretrained(str(folder))
-    add_remote_code(folder, ("gemma_config.py", "gemma_model.py"), {
-        "AutoConfig": "gemma_config.CostWiseGemmaConfig",
-        "AutoModel": "gemma_model.CostWiseGemmaModel",
-        "AutoModelForCausalLM": "gemma_model.CostWiseGemmaForCausalLM",
-    })
-    return folder
+    return save_remote_code_model(folder, CostWiseGemmaForCausalLM, cfg, seed, "gemma_config.py", "gemma_model.py")
 
-
-# --- tiny test checkpoints ---------------------------------------------------------------------------------------
 
 def tiny_gemma2_embedder(folder: Path, *, seed: int = 24, hidden_size: int = 64, num_hidden_layers: int = 2,
                          intermediate_size: int = 128, num_attention_heads: int = 4, num_key_value_heads: int = 2,

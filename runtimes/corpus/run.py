@@ -7,7 +7,6 @@ shards the manifest does not list, so every input row ends up in the output exac
 """
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import sys
@@ -89,13 +88,13 @@ class ShardEmbedder:
 
 
 def heads_of(api: str, colbert: bool) -> dict:
-    """What a bundle's encode() gives besides dense vectors, read from its runtime class's encode planner:
-    BGEM3FlagModel's sparse weights (always written) and ColBERT vectors (with --colbert)."""
-    planner = getattr(runtime_class(api), "encode_job", None) if api in RUNTIME_APIS else None
-    if planner is None:
+    """What a bundle's encode() gives besides dense vectors, as its runtime class declares its heads
+    (``calls["encode"]``): BGEM3FlagModel's sparse weights (always written) and ColBERT vectors (with --colbert)."""
+    encode = runtime_class(api).calls.get("encode") if api in RUNTIME_APIS else None
+    if encode is None:
         raise InputError(f"{api} bundles score pairs, they do not embed texts; give an embedding bundle (FlagModel, "
                          "BGEM3FlagModel, FlagLLMModel, FlagICLModel)")
-    sparse = "return_sparse" in inspect.signature(planner).parameters
+    sparse = "return_sparse" in encode.heads
     if colbert and not sparse:
         raise InputError(f"--colbert needs a bundle with ColBERT vectors (bge-m3); this one is {api}")
     return {"sparse": sparse, "colbert": bool(colbert)}

@@ -158,9 +158,8 @@ class Inference:
             kwargs["cutoff_layers"] = cutoff_layers
         if prompt is not None:
             kwargs["prompt"] = prompt
-        scores, timing = await self.score_pairs(request, served, [[query, t] for t in texts], kwargs,
-                                                check=[query, *texts], truncate=truncate)
-        return scores, timing
+        return await self.score_pairs(request, served, [[query, t] for t in texts], kwargs, check=[query, *texts],
+                                      truncate=truncate)
 
     async def score_pairs(self, request: Request, served: ServedModel, pairs: list, kwargs: dict, *,
                           check: list[str], truncate: bool | None) -> tuple[list[float], Timing]:
